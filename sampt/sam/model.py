@@ -1,0 +1,98 @@
+"""A thin, backend-neutral handle on a SAM model.
+
+All supported backends (``segment_anything``, ``segment_anything_hq``, ``mobile_sam`` and the
+``custom`` tiny architecture) build a ``Sam``-like module with ``image_encoder``,
+``prompt_encoder``, ``mask_decoder``, ``preprocess`` and ``postprocess_masks``. The only
+difference the prompting code must know about is HQ-SAM: its image encoder also returns
+intermediate embeddings and its mask decoder takes them (plus ``hq_token_only``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import nn
+
+
+@dataclass
+class ImageEmbedding:
+    """SAM's embedding of one frame, shared by every object prompted on that frame.
+
+    Attributes:
+        features: ``(1, C, h', w')`` image embedding.
+        interm_features: HQ-SAM's intermediate ViT embeddings, else None.
+        input_size: ``(h, w)`` of the frame after resizing to the longest side ``img_size``.
+        original_size: ``(H, W)`` of the frame as given.
+    """
+
+    features: torch.Tensor
+    interm_features: Optional[list[torch.Tensor]]
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+
+
+class SamModel(nn.Module):
+    """Wraps a built SAM module; holds no per-image state (embeddings are returned, not stored).
+
+    Args:
+        sam: a ``Sam``-like module from one of the supported packages.
+        hq: whether ``sam`` is an HQ-SAM model (decoder needs intermediate embeddings).
+        hq_token_only: HQ-SAM's option to return the HQ mask only (HQ-SAM default: False).
+        variant: human-readable variant name, for logs (e.g. ``"sam/vit_b"``).
+    """
+
+    def __init__(self, sam: nn.Module, hq: bool = False, hq_token_only: bool = False, variant: str = "custom"):
+        super().__init__()
+        self.sam = sam
+        self.hq = hq
+        self.hq_token_only = hq_token_only
+        self.variant = variant
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.sam.image_encoder.img_size)
+
+    @property
+    def mask_threshold(self) -> float:
+        return float(self.sam.mask_threshold)
+
+    def resize_frame(self, frame: torch.Tensor) -> torch.Tensor:
+        """``(3, H, W) uint8`` -> ``(3, h, w) uint8`` resized so the longest side is ``image_size``.
+
+        Uses the same (PIL) resize as ``SamPredictor.set_image`` so embeddings are identical.
+        """
+        image = frame.permute(1, 2, 0).cpu().numpy()
+        resized = self.transform.apply_image(np.ascontiguousarray(image))
+        return torch.as_tensor(resized).permute(2, 0, 1).contiguous()
+
+    @torch.no_grad()
+    def embed_frames(self, frames: torch.Tensor) -> list[ImageEmbedding]:
+        """Embed ``(K, 3, H, W) uint8`` RGB frames in one encoder call; returns K embeddings."""
+        if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be (K, 3, H, W) uint8, got {tuple(frames.shape)} {frames.dtype}")
+        original_size = (int(frames.shape[2]), int(frames.shape[3]))
+        resized = torch.stack([self.resize_frame(frame) for frame in frames]).to(self.device)
+        input_size = (int(resized.shape[2]), int(resized.shape[3]))
+        encoded: Any = self.sam.image_encoder(self.sam.preprocess(resized.float()))
+        if self.hq:
+            features, interm = encoded
+            return [
+                ImageEmbedding(features[i : i + 1], [x[i : i + 1] for x in interm], input_size, original_size)
+                for i in range(len(frames))
+            ]
+        return [ImageEmbedding(encoded[i : i + 1], None, input_size, original_size) for i in range(len(frames))]
+
+    def dense_positional_encoding(self) -> torch.Tensor:
+        return self.sam.prompt_encoder.get_dense_pe()
+
+    def upscale_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """``(B, 1, 256, 256)`` low-res logits -> ``(B, 1, H, W)`` logits at the frame's original size."""
+        return self.sam.postprocess_masks(low_res_logits, embedding.input_size, embedding.original_size)

@@ -1,0 +1,349 @@
+"""SAM-PT's per-frame SAM stage: tracked points in, per-object mask logits and scores out.
+
+Behaviour (pinned by ``shared/vectors/sam-prompting``), per frame and object:
+
+1. The prompt is the object's visible points (positives label 1, negatives label 0) followed,
+   with ``add_other_objects_positive_points_as_negative_points``, by every other object's
+   visible positive points labelled 0 (optionally capped at ``max_other_objects_positive_points``
+   by a random subset).
+2. No prompt point at all: empty mask (logits ``-inf``) and no score.
+3. With ``negative_points_per_mask > 0``: a first call with only the positive prompt points
+   gives low-resolution logits that are the ``mask_input`` of a second call with all points.
+   Otherwise one call with all points. Always ``multimask_output=False``.
+4. ``iterative_refinement_iterations`` times: stop if the mask has fewer than 2 pixels, else
+   call again with all points, the mask's tight box and the previous low-resolution logits.
+   As in the original, the box is given in *frame* pixels, not in SAM's resized input frame
+   (``refinement_box_in_frame_pixels=True``); set it to False to map the box like the points.
+5. A final predicted IoU below ``sam_iou_threshold`` empties the mask; the score is kept.
+
+Speed: the frame's image embedding is computed once and shared by all objects, and the
+prompts of all objects go through the mask decoder together. Objects have different numbers
+of prompt tokens; padding with SAM's "not a point" label is *not* neutral (pad tokens take part
+in attention), so the batched decoder masks pad tokens out of every attention over tokens,
+which makes each object's result equal to its unpadded call up to float rounding. HQ-SAM's
+decoder is called per group of objects with equal token counts instead (exact, less batched).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sampt.sam.model import ImageEmbedding, SamModel
+
+
+@dataclass
+class PromptingConfig:
+    """Options of the SAM stage (defaults are SAM-PT's VOS defaults).
+
+    Attributes:
+        positive_points_per_mask: leading points of each object that are positive.
+        negative_points_per_mask: trailing points of each object that are negative.
+        add_other_objects_positive_points_as_negative_points: prompt other objects' visible
+            positives as negatives.
+        max_other_objects_positive_points: cap on those extra negatives (random subset).
+        iterative_refinement_iterations: box refinement calls after the point prompt.
+        sam_iou_threshold: masks with a lower predicted IoU are emptied.
+        refinement_box_in_frame_pixels: reproduce the original's box coordinates (see module doc).
+        decoder_batch_size: most prompts per decoder call (bounds memory: about 4 MB each for
+            a 64x64x256 embedding in float32).
+        batch_prompts: False runs one decoder call per object (the reference loop; for checks).
+    """
+
+    positive_points_per_mask: int = 16
+    negative_points_per_mask: int = 1
+    add_other_objects_positive_points_as_negative_points: bool = True
+    max_other_objects_positive_points: Optional[int] = None
+    iterative_refinement_iterations: int = 12
+    sam_iou_threshold: float = 0.7
+    refinement_box_in_frame_pixels: bool = True
+    decoder_batch_size: int = 64
+    batch_prompts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.positive_points_per_mask < 0 or self.negative_points_per_mask < 0:
+            raise ValueError("positive_points_per_mask and negative_points_per_mask must be >= 0")
+        if self.iterative_refinement_iterations < 0:
+            raise ValueError("iterative_refinement_iterations must be >= 0")
+        if self.decoder_batch_size < 1:
+            raise ValueError("decoder_batch_size must be >= 1")
+
+
+@dataclass
+class PointPrompt:
+    """One object's prompt on one frame: ``coords (n, 2) float32`` frame px, ``labels (n,) int64``."""
+
+    coords: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class FramePrediction:
+    """SAM's output for all objects of one frame.
+
+    Attributes:
+        logits: ``(M, H, W) float32`` mask logits at the frame's size; ``-inf`` for empty masks.
+        scores: ``(M,) float32`` predicted IoU of the final mask; ``-inf`` where no prompt.
+        has_score: ``(M,) bool`` whether the object was prompted (its score counts).
+        num_decoder_calls: mask-decoder forward calls made (for benchmarks).
+    """
+
+    logits: torch.Tensor
+    scores: torch.Tensor
+    has_score: torch.Tensor
+    num_decoder_calls: int = 0
+
+
+def build_point_prompts(
+    points: torch.Tensor,
+    visible: torch.Tensor,
+    config: PromptingConfig,
+    rng: Optional[np.random.Generator] = None,
+) -> list[PointPrompt]:
+    """Assemble each object's prompt on one frame (step 1 of the module doc).
+
+    Args:
+        points: ``(M, P, 2) float32`` tracked (x, y) in frame pixels; per object the first
+            ``positive_points_per_mask`` are positive, the rest negative.
+        visible: ``(M, P) bool``.
+        rng: draws the subset when ``max_other_objects_positive_points`` caps the extra negatives.
+    """
+    num_objects, num_points, _ = points.shape
+    num_positive = config.positive_points_per_mask
+    labels = torch.ones(num_points, dtype=torch.int64, device=points.device)
+    if config.negative_points_per_mask > 0:
+        labels[num_positive:] = 0
+    visible = visible.bool()
+    positives_of = [points[m, :num_positive][visible[m, :num_positive]] for m in range(num_objects)]
+    prompts = []
+    for m in range(num_objects):
+        coords, object_labels = points[m][visible[m]], labels[visible[m]]
+        if num_objects > 1 and config.add_other_objects_positive_points_as_negative_points:
+            others = torch.cat([positives_of[o] for o in range(num_objects) if o != m], dim=0)
+            cap = config.max_other_objects_positive_points
+            if cap is not None and len(others) > cap:
+                generator = rng if rng is not None else np.random.default_rng()
+                chosen = generator.choice(len(others), cap, replace=False)
+                others = others[torch.as_tensor(chosen, device=others.device)]
+            coords = torch.cat([coords, others], dim=0)
+            object_labels = torch.cat([object_labels, labels.new_zeros(len(others))])
+        prompts.append(PointPrompt(coords.float(), object_labels))
+    return prompts
+
+
+def _masked_attention(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      key_valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """``segment_anything``'s ``Attention.forward`` with invalid keys excluded from the softmax."""
+    q, k, v = attention.q_proj(q), attention.k_proj(k), attention.v_proj(v)
+    heads = attention.num_heads
+    b, nq, c = q.shape
+    q = q.reshape(b, nq, heads, c // heads).transpose(1, 2)
+    k = k.reshape(b, k.shape[1], heads, c // heads).transpose(1, 2)
+    v = v.reshape(b, v.shape[1], heads, c // heads).transpose(1, 2)
+    scores = q @ k.transpose(2, 3) / math.sqrt(c // heads)
+    if key_valid is not None:
+        scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ v
+    return attention.out_proj(out.transpose(1, 2).reshape(b, nq, c))
+
+
+def _masked_two_way_transformer(transformer: nn.Module, image_embedding: torch.Tensor, image_pe: torch.Tensor,
+                                point_embedding: torch.Tensor, token_valid: torch.Tensor
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TwoWayTransformer.forward`` where padded tokens are never attended to.
+
+    Padded tokens only ever act as *keys* in the token self-attention and the image-to-token
+    cross-attention, so masking those two keeps every valid token and image key equal to the
+    unpadded computation.
+    """
+    keys = image_embedding.flatten(2).permute(0, 2, 1)
+    key_pe = image_pe.flatten(2).permute(0, 2, 1)
+    queries, query_pe = point_embedding, point_embedding
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = _masked_attention(layer.self_attn, queries, queries, queries, token_valid)
+        else:
+            q = queries + query_pe
+            queries = queries + _masked_attention(layer.self_attn, q, q, queries, token_valid)
+        queries = layer.norm1(queries)
+        q, k = queries + query_pe, keys + key_pe
+        queries = layer.norm2(queries + _masked_attention(layer.cross_attn_token_to_image, q, k, keys, None))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        q, k = queries + query_pe, keys + key_pe
+        keys = layer.norm4(keys + _masked_attention(layer.cross_attn_image_to_token, k, q, queries, token_valid))
+    q, k = queries + query_pe, keys + key_pe
+    queries = transformer.norm_final_attn(
+        queries + _masked_attention(transformer.final_attn_token_to_image, q, k, keys, None))
+    return queries, keys
+
+
+def _masked_decode(decoder: nn.Module, image_embedding: torch.Tensor, image_pe: torch.Tensor,
+                   sparse: torch.Tensor, token_valid: torch.Tensor, dense: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``MaskDecoder.predict_masks`` on padded prompts; returns the single-mask output.
+
+    Returns ``(low_res_logits (B, 1, 4h, 4w), iou (B, 1))``.
+    """
+    batch = sparse.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
+    tokens = torch.cat([output_tokens, sparse], dim=1)
+    valid = torch.cat([token_valid.new_ones(batch, output_tokens.shape[1]), token_valid], dim=1)
+    src = image_embedding.expand(batch, -1, -1, -1) + dense
+    pos_src = image_pe.expand(batch, -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = _masked_two_way_transformer(decoder.transformer, src, pos_src, tokens, valid)
+    iou_token_out = hs[:, 0, :]
+    mask_token_out = hs[:, 1, :]  # multimask_output=False keeps mask token 0 only
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper_in = decoder.output_hypernetworks_mlps[0](mask_token_out)
+    b, c, h, w = upscaled.shape
+    masks = (hyper_in[:, None, :] @ upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)
+    iou = decoder.iou_prediction_head(iou_token_out)[:, :1]
+    return masks, iou
+
+
+class SamPrompter:
+    """Runs the SAM stage of SAM-PT on one frame at a time. Holds no per-video state.
+
+    Args:
+        sam: the SAM model.
+        config: prompting options.
+    """
+
+    def __init__(self, sam: SamModel, config: PromptingConfig):
+        self.sam = sam
+        self.config = config
+
+    # -- prompt encoding -------------------------------------------------------------------
+    def _sparse_embedding(self, prompt: PointPrompt, box: Optional[torch.Tensor],
+                          embedding: ImageEmbedding) -> torch.Tensor:
+        """Sparse prompt tokens ``(n_tokens, C)`` exactly as ``PromptEncoder`` builds them."""
+        encoder = self.sam.sam.prompt_encoder
+        device = self.sam.device
+        coords = self.sam.transform.apply_coords_torch(prompt.coords.to(device), embedding.original_size)
+        points = (coords[None].float(), prompt.labels.to(device)[None].int())
+        boxes = None
+        if box is not None:
+            boxes = box.to(device)[None]
+            if not self.config.refinement_box_in_frame_pixels:
+                boxes = self.sam.transform.apply_boxes_torch(boxes, embedding.original_size)
+        sparse, _ = encoder(points=points, boxes=boxes, masks=None)
+        return sparse[0]
+
+    def _dense_embedding(self, mask_input: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+        encoder = self.sam.sam.prompt_encoder
+        if mask_input is not None:
+            return encoder._embed_masks(mask_input)
+        h, w = encoder.image_embedding_size
+        return encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
+
+    # -- decoding --------------------------------------------------------------------------
+    def _decode(self, embedding: ImageEmbedding, prompts: list[PointPrompt], boxes: Optional[list],
+                mask_inputs: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Decode B prompts on one frame. Returns ``(low_res (B,1,4h,4w), iou (B,), calls)``."""
+        batch = len(prompts)
+        sparse = [self._sparse_embedding(p, None if boxes is None else boxes[i], embedding)
+                  for i, p in enumerate(prompts)]
+        image_pe = self.sam.dense_positional_encoding()
+        low_res = [None] * batch
+        ious = [None] * batch
+        calls = 0
+        for group in self._groups(sparse):
+            dense = self._dense_embedding(None if mask_inputs is None else mask_inputs[group], len(group))
+            if self.sam.hq:
+                tokens = torch.stack([sparse[i] for i in group])
+                masks, iou = self.sam.sam.mask_decoder(
+                    image_embeddings=embedding.features, image_pe=image_pe, sparse_prompt_embeddings=tokens,
+                    dense_prompt_embeddings=dense, multimask_output=False,
+                    hq_token_only=self.sam.hq_token_only, interm_embeddings=embedding.interm_features)
+            else:
+                longest = max(sparse[i].shape[0] for i in group)
+                tokens = sparse[0].new_zeros(len(group), longest, sparse[0].shape[1])
+                valid = torch.zeros(len(group), longest, dtype=torch.bool, device=tokens.device)
+                for row, i in enumerate(group):
+                    tokens[row, : sparse[i].shape[0]] = sparse[i]
+                    valid[row, : sparse[i].shape[0]] = True
+                masks, iou = _masked_decode(self.sam.sam.mask_decoder, embedding.features, image_pe,
+                                            tokens, valid, dense)
+            calls += 1
+            for row, i in enumerate(group):
+                low_res[i], ious[i] = masks[row : row + 1], iou[row, 0]
+        return torch.cat(low_res, dim=0), torch.stack(ious), calls
+
+    def _groups(self, sparse: list[torch.Tensor]) -> list[list[int]]:
+        """Split prompt indices into decoder calls.
+
+        Masked decoding batches everything (up to ``decoder_batch_size``); HQ-SAM batches only
+        prompts with equal token counts; ``batch_prompts=False`` makes one call per prompt.
+        """
+        size = self.config.decoder_batch_size if self.config.batch_prompts else 1
+        if self.sam.hq:
+            by_length: dict[int, list[int]] = {}
+            for i, tokens in enumerate(sparse):
+                by_length.setdefault(int(tokens.shape[0]), []).append(i)
+            buckets = list(by_length.values())
+        else:
+            buckets = [list(range(len(sparse)))]
+        return [bucket[i : i + size] for bucket in buckets for i in range(0, len(bucket), size)]
+
+    # -- the per-frame procedure -------------------------------------------------------------
+    @torch.no_grad()
+    def predict_frame(self, embedding: ImageEmbedding, prompts: list[PointPrompt]) -> FramePrediction:
+        """Steps 2-5 of the module doc for all objects of one frame."""
+        config = self.config
+        height, width = embedding.original_size
+        device = self.sam.device
+        num_objects = len(prompts)
+        logits = torch.full((num_objects, height, width), float("-inf"), device=device)
+        scores = torch.full((num_objects,), float("-inf"), device=device)
+        has_score = torch.zeros(num_objects, dtype=torch.bool, device=device)
+        active = [m for m in range(num_objects) if len(prompts[m]) > 0]
+        if not active:
+            return FramePrediction(logits, scores, has_score, 0)
+        calls = 0
+        object_prompts = [prompts[m] for m in active]
+        mask_inputs = None
+        if config.negative_points_per_mask > 0:
+            positive_prompts = [PointPrompt(p.coords[p.labels == 1], p.labels[p.labels == 1]) for p in object_prompts]
+            mask_inputs, _, n = self._decode(embedding, positive_prompts, None, None)
+            calls += n
+        low_res, iou, n = self._decode(embedding, object_prompts, None, mask_inputs)
+        calls += n
+        frame_logits = self.sam.upscale_logits(low_res, embedding)[:, 0]
+
+        refining = list(range(len(active)))
+        for _ in range(config.iterative_refinement_iterations):
+            masks = frame_logits[refining] > 0
+            refining = [r for r, mask in zip(refining, masks) if int(mask.sum()) >= 2]
+            if not refining:
+                break
+            boxes = [_tight_box(frame_logits[r] > 0) for r in refining]
+            new_low_res, new_iou, n = self._decode(embedding, [object_prompts[r] for r in refining], boxes,
+                                                   low_res[refining])
+            calls += n
+            new_logits = self.sam.upscale_logits(new_low_res, embedding)[:, 0]
+            index = torch.as_tensor(refining, device=device)
+            low_res[index], iou[index], frame_logits[index] = new_low_res, new_iou, new_logits
+
+        for row, m in enumerate(active):
+            scores[m] = iou[row]
+            has_score[m] = True
+            if iou[row] >= config.sam_iou_threshold:
+                logits[m] = frame_logits[row]
+        return FramePrediction(logits, scores, has_score, calls)
+
+
+def _tight_box(mask: torch.Tensor) -> torch.Tensor:
+    """``(H, W) bool`` -> ``(4,) float32`` (x_min, y_min, x_max, y_max) of its pixels."""
+    rows = torch.nonzero(mask.any(dim=1))[:, 0]
+    cols = torch.nonzero(mask.any(dim=0))[:, 0]
+    return torch.stack([cols[0], rows[0], cols[-1], rows[-1]]).float()

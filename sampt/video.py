@@ -1,0 +1,83 @@
+"""The per-video data that flows from the data modules through the pipeline to the writers.
+
+Everything here is explicit per-video state: modules hold no video state of their own.
+Conventions: frames are ``(T, 3, H, W) uint8`` RGB at the *input* resolution; points are
+``(x, y)`` pixels of the frames they refer to; queries are ``(t, x, y)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ObjectQuery:
+    """One object to segment through a video.
+
+    Exactly one of ``mask`` and ``points`` is set.
+
+    Attributes:
+        object_id: the dataset's id of the object (palette index in the written PNGs).
+        query_frame: index of the frame the query refers to.
+        mask: ``(H, W) bool`` query mask at input resolution, on ``query_frame``.
+        points: ``(N, 2) float32`` (x, y) query points in input pixels, on ``query_frame``;
+            the first ``num_positive`` are positive, the rest negative.
+        num_positive: number of positive points in ``points``.
+        output_mask: ``(h, w) bool`` query mask at output resolution, pasted verbatim on the
+            query frame by the VOS merge (SAM-PT replaces the query frame by its given mask).
+    """
+
+    object_id: int
+    query_frame: int
+    mask: Optional[torch.Tensor] = None
+    points: Optional[torch.Tensor] = None
+    num_positive: int = 0
+    output_mask: Optional[torch.Tensor] = None
+
+
+@dataclass
+class VideoItem:
+    """One video as yielded by every data module.
+
+    Attributes:
+        name: sequence name (unique within the dataset split).
+        frames: ``(T, 3, H, W) uint8`` RGB frames at input resolution.
+        frame_names: file stems of the T frames (used for output file names).
+        objects: the objects to segment.
+        output_size: ``(h, w)`` of predictions (evaluation / saving resolution).
+        ground_truth: optional ``(T, h, w) uint8`` index masks at output size.
+        palette: optional palette (768 ints) to write index PNGs with.
+        save_frames: optional subset of ``frame_names`` to write (YouTube-VOS); None = all.
+        meta: anything else a data module wants to pass to writers (dataset, split, ids).
+    """
+
+    name: str
+    frames: torch.Tensor
+    frame_names: Sequence[str]
+    objects: list[ObjectQuery]
+    output_size: tuple[int, int]
+    ground_truth: Optional[torch.Tensor] = None
+    palette: Optional[Sequence[int]] = None
+    save_frames: Optional[Sequence[str]] = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def davis_palette() -> list[int]:
+    """The standard DAVIS / YouTube-VOS / PASCAL VOC colour palette as a flat list of 768 ints."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        value, r, g, b = index, 0, 0, 0
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette[index] = (r, g, b)
+    return palette.reshape(-1).tolist()
