@@ -1,0 +1,286 @@
+"""The Lightning edge of sampt: ``SamPtModule`` runs the plain ``SamPt`` pipeline per video.
+
+Only glue lives here: reading a ``VideoItem`` from the data module, calling the pipeline,
+merging, writing outputs (atomically, resumable), updating the J&F metric and logging.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sampt.merge import VosMerger
+from sampt.metrics.jf import DavisJF, evaluate_sequence, official_sequence_rows
+from sampt.pipeline import SamPt, SamPtConfig, SamPtResult
+from sampt.sam.backends import SamConfig
+from sampt.trackers.base import PointTracker
+from sampt.video import VideoItem, davis_palette
+from sampt.writers import atomic_open, sequence_is_complete, write_sequence_pngs, write_trajectories
+
+log = logging.getLogger(__name__)
+
+GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+
+
+class SamPtModule(pl.LightningModule):
+    """SAM-PT for video object segmentation (DAVIS, YouTube-VOS, MOSE, your own videos).
+
+    Args:
+        sam: which SAM to build and its checkpoint (``configs/sam/*.yaml``).
+        tracker: the point tracker (``configs/tracker/*.yaml``).
+        sam_pt: SAM-PT's options (``configs/model/*.yaml``).
+        output_dir: where predictions are written; None: ``<log_dir>/predictions``. Give it
+            explicitly to resume an interrupted run: complete sequences are skipped.
+        skip_first_and_last: the official DAVIS protocol (exclude the first and last frame).
+        save_trajectories: write each video's tracks as ``trajectories/<video>.npz``.
+        save_trajectories_csv: also as CSV (frame, object, point, x, y, visible, reason).
+        num_visualized_videos: overlays (masks + points) of this many first videos per process
+            go to TensorBoard and ``overlays/``.
+        write_overlay_gif: also write an animated overlay GIF of those videos.
+        frame_progress_min_frames: show a per-frame progress bar for videos at least this long.
+    """
+
+    def __init__(
+        self,
+        sam: SamConfig,
+        tracker: PointTracker,
+        sam_pt: SamPtConfig = SamPtConfig(),
+        output_dir: Optional[str] = None,
+        skip_first_and_last: bool = True,
+        save_trajectories: bool = True,
+        save_trajectories_csv: bool = False,
+        num_visualized_videos: int = 3,
+        write_overlay_gif: bool = False,
+        frame_progress_min_frames: int = 100,
+    ):
+        super().__init__()
+        self.sam_config = sam
+        self.sam_pt_config = sam_pt
+        self.sam = sam.build()
+        self.tracker = tracker
+        self.pipeline = SamPt(self.sam, self.tracker, self.sam_pt_config)
+        self.output_dir_option = output_dir
+        self.skip_first_and_last = skip_first_and_last
+        self.save_trajectories = save_trajectories
+        self.save_trajectories_csv = save_trajectories_csv
+        self.num_visualized_videos = num_visualized_videos
+        self.write_overlay_gif = write_overlay_gif
+        self.frame_progress_min_frames = frame_progress_min_frames
+        self.jf = DavisJF(skip_first_and_last=skip_first_and_last)
+        self._frames_processed = 0
+        self._seconds_processed = 0.0
+        self._stage_seconds: dict[str, float] = {}
+        self._videos_seen = 0
+
+    # -- paths and run information ------------------------------------------------------------
+    @property
+    def output_dir(self) -> Path:
+        if self.output_dir_option is not None:
+            return Path(self.output_dir_option)
+        log_dir = self.trainer.log_dir if self._trainer is not None else None
+        return Path(log_dir or ".") / "predictions"
+
+    def protocol(self) -> dict[str, Any]:
+        """The choices behind the numbers, logged and saved with every result."""
+        from sampt.checkpoints import file_md5
+
+        info: dict[str, Any] = {
+            "skip_first_and_last": self.skip_first_and_last,
+            "evaluation_resolution": "dataset annotation size (480p for DAVIS)",
+            "sam_variant": self.sam.variant,
+            "sam_pt": dict(vars(self.sam_pt_config)),
+            "tracker": type(self.tracker).__name__,
+        }
+        weights = getattr(self.sam, "weights_path", None)
+        if weights is not None:
+            info["sam_checkpoint"] = {"path": str(weights), "md5": file_md5(weights)}
+        tracker_weights = getattr(self.tracker, "weights_path", None)
+        if tracker_weights is not None:
+            info["tracker_checkpoint"] = {"path": str(tracker_weights), "md5": file_md5(tracker_weights)}
+        return info
+
+    # -- per video -----------------------------------------------------------------------------
+    def _run_video(self, video: VideoItem) -> tuple[torch.Tensor, Optional[SamPtResult]]:
+        """Index masks ``(T, h, w) uint8`` for the video, from disk when a previous run finished it."""
+        frames_to_save = list(video.save_frames) if video.save_frames is not None else list(video.frame_names)
+        if sequence_is_complete(self.output_dir, video.name, frames_to_save) and len(frames_to_save) == video.num_frames:
+            log.info("%s: complete in %s, reading it back instead of recomputing", video.name, self.output_dir)
+            return _read_index_pngs(self.output_dir / video.name, video.frame_names), None
+
+        object_ids = [o.object_id for o in video.objects]
+        index_masks = torch.zeros((video.num_frames, *video.output_size), dtype=torch.uint8)
+        bar = None
+        if video.num_frames >= self.frame_progress_min_frames:
+            bar = tqdm(total=video.num_frames, desc=f"{video.name} frames", leave=False, unit="frame")
+        started = time.perf_counter()
+        merger: Optional[VosMerger] = None
+
+        def on_queries(queries) -> None:
+            nonlocal merger
+            merger = VosMerger(object_ids, queries.query_frames.tolist(), queries.query_masks, video.output_size)
+
+        def on_frame(output) -> None:
+            index_masks[output.t] = merger(output.t, output.logits).cpu()
+
+        try:
+            result = self.pipeline.run(video, on_frame, on_queries,
+                                       progress=(lambda t: bar.update(1)) if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - started
+        self._frames_processed += video.num_frames
+        self._seconds_processed += elapsed
+        for stage, seconds in result.timings.items():
+            self._stage_seconds[stage] = self._stage_seconds.get(stage, 0.0) + seconds
+
+        write_sequence_pngs(self.output_dir, video.name, video.frame_names, index_masks.numpy(),
+                            video.palette or davis_palette(), video.save_frames)
+        if self.save_trajectories:
+            folder = self.output_dir.parent / "trajectories"
+            write_trajectories(
+                folder / f"{video.name}.npz",
+                folder / f"{video.name}.csv" if self.save_trajectories_csv else None,
+                result.trajectories.numpy(), result.visibilities.numpy(), object_ids,
+                reasons=result.reasons.numpy(), frame_names=list(video.frame_names))
+        return index_masks, result
+
+    def _visualize(self, video: VideoItem, index_masks: torch.Tensor, result: Optional[SamPtResult]) -> None:
+        if result is None or self._videos_seen >= self.num_visualized_videos:
+            return
+        from sampt.overlay import overlay_strip, render_overlay, write_gif, write_png
+
+        scale = result.trajectories.new_tensor(
+            [video.frames.shape[-1] / video.output_size[1], video.frames.shape[-2] / video.output_size[0]])
+        trajectories = (result.trajectories * scale).numpy()
+        palette = video.palette or davis_palette()
+        num_positive = result.queries.num_positive
+        object_ids = [o.object_id for o in video.objects]
+        strip = overlay_strip(video.frames.cpu(), index_masks.numpy(), palette, trajectories,
+                              result.visibilities.numpy(), result.reasons.numpy(),
+                              num_positive=num_positive, object_ids=object_ids)
+        folder = self.output_dir.parent / "overlays"
+        write_png(folder / f"{video.name}.png", strip)
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if experiment is not None and hasattr(experiment, "add_image"):
+            experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
+        if self.write_overlay_gif:
+            images = [render_overlay(video.frames[t].cpu(), index_masks[t].numpy(), palette, trajectories[t],
+                                     result.visibilities[t].numpy(), result.reasons[t].numpy(),
+                                     num_positive=num_positive, object_ids=object_ids)
+                      for t in range(video.num_frames)]
+            write_gif(folder / f"{video.name}.gif", images)
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def on_test_epoch_start(self) -> None:
+        self._reset_counters()
+
+    def on_predict_epoch_start(self) -> None:
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self._frames_processed, self._seconds_processed, self._videos_seen = 0, 0.0, 0
+        self._stage_seconds = {}
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def test_step(self, video: VideoItem, batch_idx: int) -> None:
+        index_masks, result = self._run_video(video)
+        self._visualize(video, index_masks, result)
+        self._videos_seen += 1
+        if video.ground_truth is not None:
+            self.jf.update(video.name, None, video.ground_truth.cpu(), index_masks)
+
+    def predict_step(self, video: VideoItem, batch_idx: int) -> dict[str, Any]:
+        index_masks, result = self._run_video(video)
+        self._visualize(video, index_masks, result)
+        self._videos_seen += 1
+        prediction: dict[str, Any] = {"name": video.name, "index_masks": index_masks,
+                                      "object_ids": [o.object_id for o in video.objects]}
+        if result is not None:
+            prediction.update(scores=result.scores, scores_per_frame=result.scores_per_frame,
+                              trajectories=result.trajectories, visibilities=result.visibilities)
+        return prediction
+
+    def validation_step(self, video: VideoItem, batch_idx: int) -> None:
+        self.test_step(video, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.on_test_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_speed()
+        rows = self.jf.per_object_table() if self.jf.update_count else []
+        if not rows:
+            self.jf.reset()
+            return
+        table = {k: float(v) for k, v in self.jf.compute().items()}
+        per_sequence = self.jf.per_sequence_table()
+        self.log_dict({f"test/{k}": v for k, v in table.items()}, rank_zero_only=True)
+        if self.trainer.is_global_zero:
+            self._write_results(table, rows)
+            self._log_sequences(per_sequence)
+            print(format_global_table(table))
+        self.jf.reset()
+
+    def on_predict_epoch_end(self) -> None:
+        self._log_speed()
+
+    def _log_speed(self) -> None:
+        frames = torch.tensor([float(self._frames_processed), self._seconds_processed], dtype=torch.float64)
+        totals = self.all_gather(frames)
+        if totals.ndim > 1:
+            totals = totals.sum(0)
+        if totals[1] > 0 and self.trainer.is_global_zero:
+            fps = float(totals[0] / totals[1])
+            experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+            if experiment is not None and hasattr(experiment, "add_scalar"):
+                experiment.add_scalar("speed/fps", fps, self.global_step)
+                for stage, seconds in self._stage_seconds.items():
+                    experiment.add_scalar(f"speed/seconds_{stage}", seconds, self.global_step)
+            log.info("processed %d frames at %.2f frames/s", int(totals[0]), fps)
+
+    def _write_results(self, table: dict[str, float], rows: list[dict[str, Any]]) -> None:
+        split = getattr(self.trainer.datamodule, "split", "val") if self.trainer.datamodule is not None else "val"
+        out = self.output_dir.parent
+        with atomic_open(out / f"global_results-{split}.csv", "w", encoding="utf-8") as handle:
+            handle.write(format_global_table(table))
+        with atomic_open(out / f"per-sequence_results-{split}.csv", "w", encoding="utf-8") as handle:
+            handle.write("Sequence,J-Mean,F-Mean\n")
+            for name, j, f in official_sequence_rows(rows):
+                handle.write(f"{name},{j:.15g},{f:.15g}\n")
+        with atomic_open(out / "protocol.json", "w", encoding="utf-8") as handle:
+            json.dump({"results": table, "protocol": self.protocol()}, handle, indent=2, default=str)
+
+    def _log_sequences(self, per_sequence: list[dict[str, Any]]) -> None:
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if experiment is None or not hasattr(experiment, "add_scalar"):
+            return
+        for row in per_sequence:
+            experiment.add_scalar(f"sequence/{row['sequence']}/J&F", row["J&F-Mean"], self.global_step)
+        from sampt.charts import bar_chart
+
+        chart = bar_chart([r["sequence"] for r in per_sequence], [r["J&F-Mean"] for r in per_sequence],
+                          title="J&F per sequence")
+        experiment.add_image("sequence/J&F_bar_chart", chart, self.global_step, dataformats="HWC")
+        experiment.add_text("protocol", "```\n" + json.dumps(self.protocol(), indent=2, default=str) + "\n```")
+
+
+def format_global_table(table: dict[str, float]) -> str:
+    """The official global CSV: a header line, then the values."""
+    return ",".join(GLOBAL_COLUMNS) + "\n" + ",".join(f"{table[c]:.15g}" for c in GLOBAL_COLUMNS) + "\n"
+
+
+def _read_index_pngs(folder: Path, frame_names) -> torch.Tensor:
+    from PIL import Image
+
+    masks = [np.array(Image.open(folder / f"{name}.png")) for name in frame_names]
+    return torch.from_numpy(np.stack(masks)).to(torch.uint8)

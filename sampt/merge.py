@@ -1,0 +1,50 @@
+"""Per-object logits -> one index mask per frame, the way SAM-PT's VOS evaluation does it.
+
+For each object, frames before its query frame are background and its query frame is its
+given query mask (resized to the output size with nearest neighbour); then per pixel the
+argmax over (background logit 0, object logits) wins: the strongest object with logit > 0.
+Objects keep their dataset ids in the index mask.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# The original writes +/-1e8 into the logits of query frames and frames before them.
+_FORCED_LOGIT = 1e8
+
+
+class VosMerger:
+    """Turns each frame's ``(M, h, w)`` logits into a ``(h, w) uint8`` index mask.
+
+    Args:
+        object_ids: dataset id of each of the M objects (values written in the index mask).
+        query_frames: ``(M,)`` query frame of each object.
+        query_masks: ``(M, H, W) bool`` query masks at input resolution.
+        output_size: ``(h, w)``.
+    """
+
+    def __init__(self, object_ids: Sequence[int], query_frames: Sequence[int], query_masks: torch.Tensor,
+                 output_size: tuple[int, int]):
+        if len(object_ids) != len(query_frames) or len(object_ids) != len(query_masks):
+            raise ValueError("object_ids, query_frames and query_masks must have one entry per object")
+        if any(not 0 < int(i) < 256 for i in object_ids):
+            raise ValueError(f"object ids must be in 1..255 to be written in an index PNG, got {list(object_ids)}")
+        self.ids = torch.tensor([0, *[int(i) for i in object_ids]], dtype=torch.uint8)
+        self.query_frames = [int(t) for t in query_frames]
+        self.output_masks = F.interpolate(query_masks[None].float(), size=tuple(output_size), mode="nearest")[0].bool()
+
+    def __call__(self, t: int, logits: torch.Tensor) -> torch.Tensor:
+        """Index mask of frame ``t`` from its ``(M, h, w)`` logits."""
+        logits = logits.float().clone()
+        for m, query_frame in enumerate(self.query_frames):
+            if t < query_frame:
+                logits[m] = -_FORCED_LOGIT
+            elif t == query_frame:
+                mask = self.output_masks[m].to(logits.device)
+                logits[m] = torch.where(mask, _FORCED_LOGIT, -_FORCED_LOGIT)
+        background = logits.new_zeros((1, *logits.shape[1:]))
+        winner = torch.cat([background, logits]).argmax(dim=0)
+        return self.ids.to(winner.device)[winner]

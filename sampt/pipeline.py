@@ -1,0 +1,375 @@
+"""SAM-PT: query points -> point tracking -> per-frame SAM prompting, as a plain module.
+
+``SamPt`` holds the models and the options, never per-video state: ``run`` takes a
+``VideoItem`` and streams one ``FrameOutput`` per frame to a consumer (the VOS merge, a VIS
+encoder, a writer), so that float logits exist only for the frame being processed and memory
+stays bounded for long videos with many objects.
+
+Shapes: frames ``(T, 3, H, W) uint8`` at input resolution; M objects with P points each;
+trajectories ``(T, M, P, 2) float32`` (x, y); visibilities ``(T, M, P) bool``; per-frame logits
+``(M, h, w) float32`` at the output size ``(h, w)``.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sampt.sam.model import SamModel
+from sampt.sam.prompting import PromptingConfig, SamPrompter, build_point_prompts
+from sampt.trackers.base import PointTracker
+from sampt.video import VideoItem
+from sampt.visibility import VisibilityReason, mark_outside_frame
+
+# Logits are kept finite before bilinear resizing: -inf times a zero interpolation weight is NaN,
+# and NaN would win an argmax. Any value far below SAM's logit range behaves like -inf here.
+EMPTY_LOGIT = -1e8
+
+
+@dataclass
+class SamPtConfig:
+    """SAM-PT's options, with the names of the original and its VOS defaults.
+
+    Attributes:
+        positive_point_selection_method: ``kmedoids``, ``shi-tomasi``, ``random`` or ``mixed``.
+        negative_point_selection_method: same choices, for the points outside the mask.
+        positive_points_per_mask / negative_points_per_mask: points sampled per object.
+        add_other_objects_positive_points_as_negative_points, max_other_objects_positive_points,
+        iterative_refinement_iterations, sam_iou_threshold: the SAM stage (``sam.prompting``).
+        point_tracker_mask_batch_size: objects whose points are tracked in one tracker call.
+        frame_batch_size: frames embedded per image-encoder call (more = faster on GPU, more memory).
+        decoder_batch_size: prompts per mask-decoder call.
+        refinement_box_in_frame_pixels: reproduce the original's box coordinates (see prompting).
+        use_patch_matching_filtering, patch_size, patch_similarity_threshold,
+        patch_matching_color_order: the optional patch-matching filter (original's BGR->LAB
+            channel order by default).
+        seed: seeds query-point sampling and other random choices of one video (with its name).
+    """
+
+    positive_point_selection_method: str = "kmedoids"
+    negative_point_selection_method: str = "mixed"
+    positive_points_per_mask: int = 16
+    negative_points_per_mask: int = 1
+    add_other_objects_positive_points_as_negative_points: bool = True
+    max_other_objects_positive_points: Optional[int] = None
+    point_tracker_mask_batch_size: int = 5
+    iterative_refinement_iterations: int = 12
+    sam_iou_threshold: float = 0.7
+    refinement_box_in_frame_pixels: bool = True
+    frame_batch_size: int = 1
+    decoder_batch_size: int = 64
+    use_patch_matching_filtering: bool = False
+    patch_size: int = 3
+    patch_similarity_threshold: float = 0.01
+    patch_matching_color_order: str = "bgr"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.point_tracker_mask_batch_size < 1:
+            raise ValueError("point_tracker_mask_batch_size must be >= 1")
+        if self.frame_batch_size < 1:
+            raise ValueError("frame_batch_size must be >= 1")
+
+    def prompting(self, num_positive: Optional[int] = None, num_negative: Optional[int] = None) -> PromptingConfig:
+        return PromptingConfig(
+            positive_points_per_mask=self.positive_points_per_mask if num_positive is None else num_positive,
+            negative_points_per_mask=self.negative_points_per_mask if num_negative is None else num_negative,
+            add_other_objects_positive_points_as_negative_points=(
+                self.add_other_objects_positive_points_as_negative_points),
+            max_other_objects_positive_points=self.max_other_objects_positive_points,
+            iterative_refinement_iterations=self.iterative_refinement_iterations,
+            sam_iou_threshold=self.sam_iou_threshold,
+            refinement_box_in_frame_pixels=self.refinement_box_in_frame_pixels,
+            decoder_batch_size=self.decoder_batch_size,
+        )
+
+
+@dataclass
+class Queries:
+    """The points every object is tracked with.
+
+    Attributes:
+        points: ``(M, P, 3) float32`` (t, x, y) in input pixels.
+        num_positive: the first ``num_positive`` points of each object are positive.
+        valid: ``(M, P) bool``; False for padding when objects were given different point counts.
+        query_masks: ``(M, H, W) bool`` query masks at input resolution.
+    """
+
+    points: torch.Tensor
+    num_positive: int
+    valid: torch.Tensor
+    query_masks: torch.Tensor
+
+    @property
+    def query_frames(self) -> torch.Tensor:
+        return self.points[:, 0, 0].long()
+
+
+@dataclass
+class Tracks:
+    """``trajectories (T, M, P, 2) float32`` input px, ``visibilities (T, M, P) bool``, and why
+    each point is (not) visible: ``reasons (T, M, P) int8`` of ``VisibilityReason``."""
+
+    trajectories: torch.Tensor
+    visibilities: torch.Tensor
+    reasons: torch.Tensor
+
+
+@dataclass
+class FrameOutput:
+    """What ``SamPt.run`` streams for frame ``t``.
+
+    Attributes:
+        t: frame index.
+        logits: ``(M, h, w) float32`` at output size; ``EMPTY_LOGIT`` where the mask is empty.
+        scores: ``(M,) float32`` SAM's predicted IoU; ``-inf`` for objects without a prompt.
+        has_score: ``(M,) bool``.
+    """
+
+    t: int
+    logits: torch.Tensor
+    scores: torch.Tensor
+    has_score: torch.Tensor
+
+
+@dataclass
+class SamPtResult:
+    """Per-video results that are small enough to keep whole.
+
+    Attributes:
+        queries: the query points used.
+        trajectories: ``(T, M, P, 2) float32`` at *output* resolution.
+        visibilities / reasons: ``(T, M, P)``.
+        scores_per_frame: ``(T, M) float32``, ``-inf`` where an object had no prompt.
+        scores: ``(M,)`` mean of the per-frame scores that exist (the video score).
+        timings: seconds per stage; ``num_decoder_calls``: mask-decoder calls.
+    """
+
+    queries: Queries
+    trajectories: torch.Tensor
+    visibilities: torch.Tensor
+    reasons: torch.Tensor
+    scores_per_frame: torch.Tensor
+    scores: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+    num_decoder_calls: int = 0
+
+
+def video_rng(seed: int, video_name: str) -> np.random.Generator:
+    """A generator seeded by the run seed and the video name: results do not depend on which
+    rank processes a video or in which order."""
+    digest = np.frombuffer(video_name.encode("utf-8"), dtype=np.uint8).astype(np.uint64)
+    return np.random.default_rng([seed, int(digest.sum()), len(video_name), *digest[:16].tolist()])
+
+
+def output_scale(input_hw: tuple[int, int], output_hw: tuple[int, int]) -> float:
+    """The isotropic factor mapping input pixels to output pixels (the one place this is decided)."""
+    sy, sx = output_hw[0] / input_hw[0], output_hw[1] / input_hw[1]
+    if abs(sy - sx) > 0.01 * max(sy, sx):
+        raise ValueError(f"input frames {input_hw} and output size {output_hw} differ in aspect ratio; "
+                         "SAM-PT resizes isotropically")
+    return sx
+
+
+class SamPt:
+    """The SAM-PT method. Stateless across videos.
+
+    Args:
+        sam: the SAM model (``sampt.sam.backends.build_sam``).
+        tracker: a ``PointTracker``.
+        config: ``SamPtConfig``.
+    """
+
+    def __init__(self, sam: SamModel, tracker: PointTracker, config: Optional[SamPtConfig] = None):
+        self.sam = sam
+        self.tracker = tracker
+        self.config = config or SamPtConfig()
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    # -- 1. queries ----------------------------------------------------------------------------
+    def make_queries(self, video: VideoItem, rng: np.random.Generator) -> Queries:
+        """Query points from the objects' masks (VOS) or query masks from their points (demo)."""
+        from sampt.query_points import query_points_from_masks
+
+        objects = video.objects
+        if not objects:
+            raise ValueError(f"video {video.name!r} has no objects to segment")
+        with_masks = [o.mask is not None for o in objects]
+        if all(with_masks):
+            masks = torch.stack([o.mask.bool().cpu() for o in objects])
+            query_frames = torch.tensor([o.query_frame for o in objects])
+            points = query_points_from_masks(
+                video.frames.cpu(), masks, query_frames,
+                positive_points_per_mask=self.config.positive_points_per_mask,
+                negative_points_per_mask=self.config.negative_points_per_mask,
+                positive_method=self.config.positive_point_selection_method,
+                negative_method=self.config.negative_point_selection_method,
+                rng=rng,
+            )
+            valid = torch.ones(points.shape[:2], dtype=torch.bool)
+            return Queries(points.float(), self.config.positive_points_per_mask, valid, masks)
+        if any(with_masks):
+            raise ValueError(f"video {video.name!r}: give every object either a query mask or query points, not a mix")
+        num_positive = objects[0].num_positive
+        if any(o.num_positive != num_positive for o in objects):
+            raise ValueError(f"video {video.name!r}: all objects must have the same number of positive points")
+        longest = max(len(o.points) for o in objects)
+        points = torch.zeros(len(objects), longest, 3)
+        valid = torch.zeros(len(objects), longest, dtype=torch.bool)
+        for m, o in enumerate(objects):
+            points[m, :, 0] = o.query_frame
+            points[m, : len(o.points), 1:] = o.points.float().cpu()
+            valid[m, : len(o.points)] = True
+        queries = Queries(points, num_positive, valid, torch.zeros(0))
+        queries.query_masks = self.masks_from_points(video.frames, queries)
+        return queries
+
+    def masks_from_points(self, frames: torch.Tensor, queries: Queries) -> torch.Tensor:
+        """SAM on each object's query frame prompted with its (valid) points alone -> ``(M, H, W) bool``."""
+        num_negative = queries.points.shape[1] - queries.num_positive
+        prompter = SamPrompter(self.sam, self.config.prompting(queries.num_positive, num_negative))
+        masks = []
+        for m in range(queries.points.shape[0]):
+            t = int(queries.points[m, 0, 0])
+            embedding = self.sam.embed_frames(frames[t : t + 1])[0]
+            xy = queries.points[m : m + 1, :, 1:].to(self.device)
+            prompts = build_point_prompts(xy, queries.valid[m : m + 1].to(self.device), prompter.config)
+            prediction = prompter.predict_frame(embedding, prompts)
+            masks.append((prediction.logits[0] > self.sam.mask_threshold).cpu())
+        return torch.stack(masks)
+
+    # -- 2. tracking ---------------------------------------------------------------------------
+    def track(self, frames: torch.Tensor, queries: Queries) -> Tracks:
+        """Track all objects' points, ``point_tracker_mask_batch_size`` objects per tracker call."""
+        num_frames, _, height, width = frames.shape
+        num_objects, num_points, _ = queries.points.shape
+        trajectories = torch.zeros(num_frames, num_objects, num_points, 2)
+        visibilities = torch.zeros(num_frames, num_objects, num_points, dtype=torch.bool)
+        video = frames[None].to(self.device)
+        step = self.config.point_tracker_mask_batch_size
+        with torch.no_grad():
+            for start in range(0, num_objects, step):
+                chunk = queries.points[start : start + step]
+                flat = chunk.reshape(1, -1, 3).to(self.device)
+                traj, vis = self.tracker(video, flat)
+                m = chunk.shape[0]
+                trajectories[:, start : start + m] = traj[0].reshape(num_frames, m, num_points, 2).float().cpu()
+                visibilities[:, start : start + m] = vis[0].reshape(num_frames, m, num_points).bool().cpu()
+        reasons = torch.where(visibilities, VisibilityReason.VISIBLE, VisibilityReason.OCCLUDED).to(torch.int8)
+        if self.config.use_patch_matching_filtering:
+            visibilities, reasons = self._patch_filter(frames, queries, trajectories, visibilities, reasons)
+        outside = mark_outside_frame(trajectories, height, width)
+        reasons[outside] = VisibilityReason.OUTSIDE_FRAME
+        visibilities = visibilities & ~outside & queries.valid[None]
+        return Tracks(trajectories, visibilities, reasons)
+
+    def _patch_filter(self, frames, queries, trajectories, visibilities, reasons):
+        from sampt.patch_matching import filter_visibilities, patch_similarity, rgb_to_lab
+
+        num_frames, num_objects, num_points, _ = trajectories.shape
+        lab = rgb_to_lab(frames.cpu(), color_order=self.config.patch_matching_color_order)
+        flat_queries = queries.points.reshape(-1, 3)
+        similarity = patch_similarity(lab, trajectories.reshape(num_frames, -1, 2), flat_queries,
+                                      patch_size=self.config.patch_size)
+        filtered, filter_reasons = filter_visibilities(
+            visibilities.reshape(num_frames, -1), similarity, flat_queries[:, 0].long(),
+            threshold=self.config.patch_similarity_threshold)
+        filtered = filtered.reshape(num_frames, num_objects, num_points)
+        rejected = visibilities & ~filtered
+        reasons = reasons.clone()
+        reasons[rejected] = VisibilityReason.PATCH_REJECTED
+        return filtered, reasons
+
+    # -- 3. SAM per frame ----------------------------------------------------------------------
+    def segment(self, frames: torch.Tensor, tracks: Tracks, num_positive: int, output_size: tuple[int, int],
+                rng: np.random.Generator, timings: Optional[dict] = None,
+                progress: Optional[Callable[[int], None]] = None) -> Iterator[tuple[FrameOutput, int]]:
+        """Yield ``(FrameOutput, decoder_calls)`` frame by frame."""
+        timings = timings if timings is not None else defaultdict(float)
+        num_frames = frames.shape[0]
+        num_points = tracks.trajectories.shape[2]
+        prompter = SamPrompter(self.sam, self.config.prompting(num_positive, num_points - num_positive))
+        step = self.config.frame_batch_size
+        for start in range(0, num_frames, step):
+            tic = time.perf_counter()
+            embeddings = self.sam.embed_frames(frames[start : start + step])
+            timings["image_encoder"] += time.perf_counter() - tic
+            for offset, embedding in enumerate(embeddings):
+                t = start + offset
+                tic = time.perf_counter()
+                prompts = build_point_prompts(tracks.trajectories[t].to(self.device),
+                                              tracks.visibilities[t].to(self.device), prompter.config, rng)
+                prediction = prompter.predict_frame(embedding, prompts)
+                timings["mask_decoder"] += time.perf_counter() - tic
+                tic = time.perf_counter()
+                logits = resize_logits(prediction.logits, output_size)
+                timings["resize"] += time.perf_counter() - tic
+                yield FrameOutput(t, logits, prediction.scores.cpu(), prediction.has_score.cpu()), \
+                    prediction.num_decoder_calls
+                if progress is not None:
+                    progress(t)
+
+    # -- everything ----------------------------------------------------------------------------
+    def run(self, video: VideoItem, on_frame: Callable[[FrameOutput], None],
+            on_queries: Optional[Callable[[Queries], None]] = None,
+            progress: Optional[Callable[[int], None]] = None) -> SamPtResult:
+        """Run SAM-PT on one video, calling ``on_frame`` with each frame's output in order.
+
+        ``on_queries`` receives the queries (with the query masks, which for point queries are
+        SAM's prediction) before the first frame is segmented.
+        """
+        timings: dict[str, float] = defaultdict(float)
+        rng = video_rng(self.config.seed, video.name)
+        frames = video.frames
+        scale = output_scale(tuple(frames.shape[-2:]), video.output_size)
+        tic = time.perf_counter()
+        queries = self.make_queries(video, rng)
+        timings["query_points"] = time.perf_counter() - tic
+        if on_queries is not None:
+            on_queries(queries)
+        tic = time.perf_counter()
+        tracks = self.track(frames, queries)
+        timings["tracking"] = time.perf_counter() - tic
+        num_frames, num_objects = frames.shape[0], queries.points.shape[0]
+        scores_per_frame = torch.full((num_frames, num_objects), float("-inf"))
+        has_score = torch.zeros(num_frames, num_objects, dtype=torch.bool)
+        calls = 0
+        for output, frame_calls in self.segment(frames, tracks, queries.num_positive, video.output_size, rng,
+                                                timings, progress):
+            scores_per_frame[output.t], has_score[output.t] = output.scores, output.has_score
+            calls += frame_calls
+            tic = time.perf_counter()
+            on_frame(output)
+            timings["consumer"] += time.perf_counter() - tic
+        return SamPtResult(
+            queries=queries,
+            trajectories=tracks.trajectories * scale,
+            visibilities=tracks.visibilities,
+            reasons=tracks.reasons,
+            scores_per_frame=scores_per_frame,
+            scores=video_scores(scores_per_frame, has_score),
+            timings=dict(timings),
+            num_decoder_calls=calls,
+        )
+
+
+def video_scores(scores_per_frame: torch.Tensor, has_score: torch.Tensor) -> torch.Tensor:
+    """``(T, M)`` -> ``(M,)``: mean over the frames that produced a prediction (0 if none)."""
+    counted = torch.where(has_score, scores_per_frame, torch.zeros_like(scores_per_frame))
+    return counted.sum(0) / has_score.sum(0).clamp(min=1)
+
+
+def resize_logits(logits: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    """``(M, H, W)`` logits -> ``(M, h, w)`` float32 by bilinear interpolation (finite everywhere)."""
+    logits = logits.float().clamp(min=EMPTY_LOGIT)
+    if tuple(logits.shape[-2:]) != tuple(output_size):
+        logits = F.interpolate(logits[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
+    return logits
