@@ -1,0 +1,425 @@
+"""The checkpoint registry: every named checkpoint, where it lives, and how it is fetched.
+
+This module is the one place that knows checkpoint file names, URLs and md5 sums; SAM backends
+and trackers ask it for a local path by name.
+
+Resolution order of :func:`resolve_checkpoint`:
+
+1. An explicit path (from config). It must exist. It is *not* hashed: an explicit path is the
+   user's deliberate choice and may well be a fine-tuned or converted file whose md5 differs
+   from the published one; a file that does not fit the architecture is still caught when its
+   state dict is loaded (missing/unexpected keys).
+2. ``<cache>/<filename>`` where ``<cache>`` is ``$SAMPT_CACHE`` (default ``~/.cache/sampt``).
+   The file's md5 must match the registry. For entries without a published md5 (``md5=None``)
+   the md5 recorded in ``<cache>/<filename>.md5`` when the file was first seen is checked
+   instead, so a later corrupted copy is still detected.
+3. A download into the cache with a progress bar, checked against the md5 before it is moved
+   into place (temporary file in the cache directory + ``os.replace``, so an interrupted or
+   corrupt download never leaves a file under the final name).
+
+Every failure raises :class:`~sampt.errors.CheckpointError` saying which checkpoint, where it
+looked, the URL and the command that places the file by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import os
+import shlex
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from tqdm import tqdm
+
+from sampt.errors import CheckpointError
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One named checkpoint.
+
+    Attributes:
+        name: registry name used in configs (``sam_vit_b``).
+        filename: file name in the cache directory.
+        url: where to download it from.
+        md5: published md5 hex digest, or None when none is published.
+        component: ``"sam"`` or ``"tracker"``.
+        description: one line for ``sampt checkpoints``.
+    """
+
+    name: str
+    filename: str
+    url: str
+    md5: Optional[str]
+    component: str
+    description: str
+
+
+def _table(*entries: Checkpoint) -> dict[str, Checkpoint]:
+    return {entry.name: entry for entry in entries}
+
+
+_HQ_SAM_URL = "https://huggingface.co/lkeab/hq-sam/resolve"
+_COTRACKER_URL = "https://dl.fbaipublicfiles.com/cotracker"
+
+CHECKPOINTS: dict[str, Checkpoint] = _table(
+    Checkpoint(
+        "sam_vit_b", "sam_vit_b_01ec64.pth",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        "01ec64d29a2fca3f0661936605ae66f8", "sam", "SAM ViT-B (Meta)",
+    ),
+    Checkpoint(
+        "sam_vit_l", "sam_vit_l_0b3195.pth",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        "0b3195507c641ddb6910d2bb5adee89c", "sam", "SAM ViT-L (Meta)",
+    ),
+    Checkpoint(
+        "sam_vit_h", "sam_vit_h_4b8939.pth",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        "4b8939a88964f0f4ff5f5b2642c598a6", "sam", "SAM ViT-H (Meta)",
+    ),
+    Checkpoint(
+        "samhq_vit_b", "sam_hq_vit_b.pth",
+        f"{_HQ_SAM_URL}/67ab82412bc794d5ce2e9799b8b6a3c0a8cfe1d2/sam_hq_vit_b.pth",
+        "c6b8953247bcfdc8bb8ef91e36a6cacc", "sam", "HQ-SAM ViT-B",
+    ),
+    Checkpoint(
+        "samhq_vit_l", "sam_hq_vit_l.pth",
+        f"{_HQ_SAM_URL}/67ab82412bc794d5ce2e9799b8b6a3c0a8cfe1d2/sam_hq_vit_l.pth",
+        "08947267966e4264fb39523eccc33f86", "sam", "HQ-SAM ViT-L",
+    ),
+    Checkpoint(
+        "samhq_vit_h", "sam_hq_vit_h.pth",
+        f"{_HQ_SAM_URL}/67ab82412bc794d5ce2e9799b8b6a3c0a8cfe1d2/sam_hq_vit_h.pth",
+        "3560f6b6a5a6edacd814a1325c39640a", "sam", "HQ-SAM ViT-H",
+    ),
+    Checkpoint(
+        "samhq_vit_tiny", "sam_hq_vit_tiny.pth",
+        f"{_HQ_SAM_URL}/a3a77cd0a2e5e50eaa76faccf61b964732d9b35f/sam_hq_vit_tiny.pth",
+        "3a661ab92d4088ccd6232fa542998a65", "sam", "Light HQ-SAM (TinyViT encoder)",
+    ),
+    Checkpoint(
+        "mobile_sam_vit_t", "mobile_sam.pt",
+        "https://github.com/ChaoningZhang/MobileSAM/raw/01ea8d0f5590082f0c1ceb0a3e2272593f20154b/weights/mobile_sam.pt",
+        "f3c0d8cda613564d499310dab6c812cd", "sam", "MobileSAM (TinyViT encoder)",
+    ),
+    Checkpoint(
+        "cotracker_stride_4_wind_8", "cotracker_stride_4_wind_8.pth",
+        f"{_COTRACKER_URL}/cotracker_stride_4_wind_8.pth",
+        "82c458ad5de9bf98bc337c34ccbc436a", "tracker", "CoTracker v1, stride 4, window 8 (SAM-PT default)",
+    ),
+    Checkpoint(
+        "cotracker_stride_4_wind_12", "cotracker_stride_4_wind_12.pth",
+        f"{_COTRACKER_URL}/cotracker_stride_4_wind_12.pth",
+        "f13ab80f04b2cb58945e2dffb5a3a44c", "tracker", "CoTracker v1, stride 4, window 12",
+    ),
+    Checkpoint(
+        "cotracker_stride_8_wind_16", "cotracker_stride_8_wind_16.pth",
+        f"{_COTRACKER_URL}/cotracker_stride_8_wind_16.pth",
+        "d0d25fe323b20d11c447aaa05a923650", "tracker", "CoTracker v1, stride 8, window 16",
+    ),
+    Checkpoint(
+        "cotracker3_offline", "scaled_offline.pth",
+        "https://huggingface.co/facebook/cotracker3/resolve/main/scaled_offline.pth",
+        None, "tracker", "CoTracker3 offline, window 60 (no published md5)",
+    ),
+)
+
+# Seconds without data before a download is abandoned (a stalled mirror must not hang a run).
+DOWNLOAD_TIMEOUT_S = 60.0
+_CHUNK_BYTES = 1 << 20
+
+# The function that opens URLs; tests replace it to simulate a server or being offline.
+_urlopen = urllib.request.urlopen
+
+# md5 of files already hashed in this process, keyed by (absolute path, size, mtime_ns), so a
+# multi-GB checkpoint is hashed once per run however often it is resolved.
+_md5_memo: dict[tuple[str, int, int], str] = {}
+# Names of md5-less checkpoints already warned about in this process.
+_warned_no_md5: set[str] = set()
+
+
+def cache_dir() -> Path:
+    """The checkpoint cache: ``$SAMPT_CACHE`` if set (and non-empty), else ``~/.cache/sampt``."""
+    configured = os.environ.get("SAMPT_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "sampt"
+
+
+def get_checkpoint(name: str) -> Checkpoint:
+    """The registry entry ``name``; ``CheckpointError`` listing valid names when unknown."""
+    try:
+        return CHECKPOINTS[name]
+    except KeyError:
+        valid = ", ".join(sorted(CHECKPOINTS))
+        raise CheckpointError(f"unknown checkpoint {name!r}; valid names: {valid}") from None
+
+
+def file_md5(path: PathLike) -> str:
+    """md5 hex digest of ``path``, read in chunks; memoised per (path, size, mtime) in-process."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _md5_memo:
+        hasher = hashlib.md5()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+                hasher.update(chunk)
+        _md5_memo[key] = hasher.hexdigest()
+    return _md5_memo[key]
+
+
+def md5_record_path(path: PathLike) -> Path:
+    """Where the md5 of an md5-less checkpoint is recorded: ``<file>.md5`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".md5")
+
+
+def _read_md5_record(path: Path) -> Optional[str]:
+    record = md5_record_path(path)
+    if not record.is_file():
+        return None
+    fields = record.read_text().split()
+    return fields[0].lower() if fields else None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _record_md5(path: Path, digest: str) -> None:
+    # md5sum's format, so `cd <cache> && md5sum -c <file>.md5` works too.
+    _write_atomically(md5_record_path(path), f"{digest}  {path.name}\n")
+
+
+def _warn_no_published_md5(checkpoint: Checkpoint) -> None:
+    if checkpoint.name in _warned_no_md5:
+        return
+    _warned_no_md5.add(checkpoint.name)
+    warnings.warn(
+        f"checkpoint {checkpoint.name!r} has no published md5; sampt records the md5 of the copy it "
+        f"first sees in <file>.md5 and checks later copies against it",
+        stacklevel=3,
+    )
+
+
+def _manual_placement(checkpoint: Checkpoint, cache: Path) -> str:
+    target = cache / checkpoint.filename
+    command = (
+        f"mkdir -p {shlex.quote(str(cache))} && "
+        f"curl -L -o {shlex.quote(str(target))} {shlex.quote(checkpoint.url)}"
+    )
+    hint = f"To place it by hand, run:\n  {command}\n"
+    if checkpoint.md5 is not None:
+        hint += f"and check that its md5 is {checkpoint.md5}. "
+    hint += "Or set $SAMPT_CACHE to a directory holding the file, or give an explicit checkpoint path in the config."
+    return hint
+
+
+def _expected_md5(checkpoint: Checkpoint, path: Path) -> tuple[Optional[str], str]:
+    """The md5 ``path`` must have and where that expectation comes from."""
+    if checkpoint.md5 is not None:
+        return checkpoint.md5, "the registry"
+    return _read_md5_record(path), f"the record {md5_record_path(path)}"
+
+
+def _verify_cached(checkpoint: Checkpoint, path: Path) -> None:
+    """Raise ``CheckpointError`` when the cached ``path`` is not the file ``checkpoint`` names."""
+    if checkpoint.md5 is None:
+        _warn_no_published_md5(checkpoint)
+    expected, source = _expected_md5(checkpoint, path)
+    actual = file_md5(path)
+    if expected is None:
+        # Placed by hand with no published md5: trust this first copy and remember it.
+        _record_md5(path, actual)
+        return
+    if actual != expected:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.name!r}: the file {path} is corrupted or not the expected file: "
+            f"md5 {actual}, expected {expected} (from {source}). Its URL is {checkpoint.url}. Delete it "
+            f"to download it again, or replace it by hand.\n{_manual_placement(checkpoint, path.parent)}"
+        )
+
+
+def _download(checkpoint: Checkpoint, cache: Path, looked_at: list[Path]) -> Path:
+    """Download ``checkpoint`` into ``cache`` atomically, verifying its md5 (and size)."""
+    target = cache / checkpoint.filename
+    tmp: Optional[str] = None
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{checkpoint.filename}.", suffix=".part")
+        hasher = hashlib.md5()
+        received = 0
+        with os.fdopen(fd, "wb") as out, _urlopen(checkpoint.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length") if response.headers is not None else None
+            total = int(length) if length and length.isdigit() else None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=f"downloading {checkpoint.filename}", disable=None,
+            ) as progress:
+                for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    received += len(chunk)
+                    progress.update(len(chunk))
+        if total is not None and received != total:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.name!r}: the download from {checkpoint.url} stopped after "
+                f"{received} of {total} bytes; nothing was written to {target}.\n"
+                f"{_manual_placement(checkpoint, cache)}"
+            )
+        digest = hasher.hexdigest()
+        if checkpoint.md5 is not None and digest != checkpoint.md5:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.name!r}: the file downloaded from {checkpoint.url} has md5 "
+                f"{digest}, expected {checkpoint.md5}; it was discarded, nothing was written to {target}.\n"
+                f"{_manual_placement(checkpoint, cache)}"
+            )
+        os.replace(tmp, target)
+        tmp = None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+        looked = ", ".join(str(p) for p in looked_at)
+        raise CheckpointError(
+            f"checkpoint {checkpoint.name!r} ({checkpoint.filename}) is not available locally and could not "
+            f"be downloaded from {checkpoint.url}: {error}. Looked in: {looked}.\n"
+            f"{_manual_placement(checkpoint, cache)}"
+        ) from error
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    if checkpoint.md5 is None:
+        _warn_no_published_md5(checkpoint)
+        _record_md5(target, digest)
+    stat = target.stat()
+    _md5_memo[(str(target.resolve()), stat.st_size, stat.st_mtime_ns)] = digest
+    return target
+
+
+def resolve_checkpoint(name: Optional[str], path: Optional[PathLike] = None, download: bool = True) -> Path:
+    """A local, verified file for checkpoint ``name`` (see the module docstring for the order).
+
+    Args:
+        name: registry name (``sam_vit_b``); may be None when ``path`` is given (custom models).
+        path: explicit file; used as is (not hashed) and must exist.
+        download: whether a checkpoint missing from the cache may be downloaded.
+
+    Raises:
+        CheckpointError: unknown name, missing explicit file, wrong md5, or not available offline.
+    """
+    if path is not None:
+        explicit = Path(path).expanduser()
+        if not explicit.is_file():
+            what = f"checkpoint {name!r}" if name else "the checkpoint"
+            raise CheckpointError(
+                f"{what}: the explicit checkpoint path {explicit} (absolute: {explicit.absolute()}) "
+                f"does not exist or is not a file"
+            )
+        return explicit
+    if name is None:
+        raise CheckpointError("no checkpoint given: set a registry checkpoint name or an explicit checkpoint path")
+    checkpoint = get_checkpoint(name)
+    cache = cache_dir()
+    cached = cache / checkpoint.filename
+    if cached.is_file():
+        _verify_cached(checkpoint, cached)
+        return cached
+    if not download:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.name!r} ({checkpoint.filename}) is not in the cache ({cached}) and "
+            f"downloading is disabled. Its URL is {checkpoint.url}.\n{_manual_placement(checkpoint, cache)}"
+        )
+    return _download(checkpoint, cache, [cached])
+
+
+def _md5_ok(checkpoint: Checkpoint, path: Path) -> Optional[bool]:
+    expected, _ = _expected_md5(checkpoint, path)
+    return None if expected is None else file_md5(path) == expected
+
+
+def list_checkpoints(verify: bool = False) -> list[dict]:
+    """One dict per registry entry, sorted by component then name.
+
+    Keys: ``name``, ``component``, ``filename``, ``present`` (in the cache), ``path`` (where it is
+    or would be, str), ``md5_ok`` (bool when ``verify`` and the file is present and an expected
+    md5 is known, else None).
+    """
+    cache = cache_dir()
+    rows = []
+    for checkpoint in sorted(CHECKPOINTS.values(), key=lambda c: (c.component, c.name)):
+        path = cache / checkpoint.filename
+        present = path.is_file()
+        rows.append(
+            {
+                "name": checkpoint.name,
+                "component": checkpoint.component,
+                "filename": checkpoint.filename,
+                "present": present,
+                "path": str(path),
+                "md5_ok": _md5_ok(checkpoint, path) if verify and present else None,
+            }
+        )
+    return rows
+
+
+def _format_table(rows: list[dict], verify: bool) -> str:
+    headers = ["NAME", "COMPONENT", "PRESENT"] + (["MD5"] if verify else []) + ["PATH"]
+    lines = []
+    for row in rows:
+        md5 = {True: "ok", False: "WRONG", None: "-"}[row["md5_ok"]]
+        cells = [row["name"], row["component"], "yes" if row["present"] else "no"]
+        lines.append(cells + ([md5] if verify else []) + [row["path"]])
+    widths = [max(len(line[i]) for line in [headers] + lines) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in [headers] + lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``sampt checkpoints``: list the registry and the cache, verify, or download by name.
+
+    Returns the process exit code (0 on success, 1 when a download or verification failed).
+    """
+    parser = argparse.ArgumentParser(
+        prog="sampt checkpoints",
+        description=f"List, verify and download the named checkpoints (cache: $SAMPT_CACHE, now {cache_dir()}).",
+    )
+    parser.add_argument("--download", nargs="+", metavar="NAME", choices=sorted(CHECKPOINTS),
+                        help="download these checkpoints into the cache (already cached, verified files are kept)")
+    parser.add_argument("--verify", action="store_true", help="hash the files present in the cache")
+    parser.add_argument("--component", choices=["sam", "tracker"], help="list only this component's checkpoints")
+    args = parser.parse_args(argv)
+
+    failed = False
+    for name in args.download or []:
+        try:
+            print(f"{name}: {resolve_checkpoint(name)}")
+        except CheckpointError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed = True
+    if args.download and not args.verify:
+        return 1 if failed else 0
+
+    rows = list_checkpoints(verify=args.verify)
+    if args.component:
+        rows = [row for row in rows if row["component"] == args.component]
+    print(_format_table(rows, args.verify))
+    if args.verify and any(row["md5_ok"] is False for row in rows):
+        print("error: some cached checkpoints do not match their md5 (MD5 = WRONG)", file=sys.stderr)
+        failed = True
+    return 1 if failed else 0
