@@ -34,7 +34,7 @@ class SaveConfigNextToResults(SaveConfigCallback):
 class SamptCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One seed for everything: Lightning's global seed also seeds SAM-PT's per-video sampling.
-        parser.link_arguments("seed_everything", "model.sam_pt.seed",
+        parser.link_arguments("seed_everything", "model.init_args.sam_pt.seed",
                               compute_fn=lambda seed: 0 if seed in (None, True, False) else int(seed))
 
 
@@ -68,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     SamptCLI(
         SamPtModule,
         VideoDataModule,
+        subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
         trainer_defaults=_trainer_defaults(),

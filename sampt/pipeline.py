@@ -283,9 +283,7 @@ class SamPt:
             visibilities.reshape(num_frames, -1), similarity, flat_queries[:, 0].long(),
             threshold=self.config.patch_similarity_threshold)
         filtered = filtered.reshape(num_frames, num_objects, num_points)
-        rejected = visibilities & ~filtered
-        reasons = reasons.clone()
-        reasons[rejected] = VisibilityReason.PATCH_REJECTED
+        reasons = filter_reasons.reshape(num_frames, num_objects, num_points).to(torch.int8)
         return filtered, reasons
 
     # -- 3. SAM per frame ----------------------------------------------------------------------
