@@ -24,7 +24,8 @@ from sampt.pipeline import SamPt, SamPtConfig, SamPtResult
 from sampt.sam.backends import SamConfig
 from sampt.trackers.base import PointTracker
 from sampt.video import VideoItem, davis_palette
-from sampt.writers import atomic_open, sequence_is_complete, write_sequence_pngs, write_trajectories
+from sampt.writers import (atomic_open, sequence_is_complete, write_object_pngs, write_sequence_pngs,
+                           write_trajectories, zip_annotations)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ class SamPtModule(pl.LightningModule):
         num_visualized_videos: overlays (masks + points) of this many first videos per process
             go to TensorBoard and ``overlays/``.
         write_overlay_gif: also write an animated overlay GIF of those videos.
+        write_overlay_mp4: also write an overlay video (mp4) of those videos.
+        save_object_pngs: also write one binary PNG per object and frame
+            (``<output_dir>/<video>/<object id>/<frame>.png``).
+        zip_results: after the run, zip the PNGs as evaluation servers expect
+            (``Annotations/<video>/<frame>.png``) into ``<output_dir's parent>/submission.zip``.
         frame_progress_min_frames: show a per-frame progress bar for videos at least this long.
     """
 
@@ -60,6 +66,9 @@ class SamPtModule(pl.LightningModule):
         save_trajectories_csv: bool = False,
         num_visualized_videos: int = 3,
         write_overlay_gif: bool = False,
+        write_overlay_mp4: bool = False,
+        save_object_pngs: bool = False,
+        zip_results: bool = False,
         frame_progress_min_frames: int = 100,
     ):
         super().__init__()
@@ -74,6 +83,9 @@ class SamPtModule(pl.LightningModule):
         self.save_trajectories_csv = save_trajectories_csv
         self.num_visualized_videos = num_visualized_videos
         self.write_overlay_gif = write_overlay_gif
+        self.write_overlay_mp4 = write_overlay_mp4
+        self.save_object_pngs = save_object_pngs
+        self.zip_results = zip_results
         self.frame_progress_min_frames = frame_progress_min_frames
         self.jf = DavisJF(skip_first_and_last=skip_first_and_last)
         self._frames_processed = 0
@@ -95,6 +107,8 @@ class SamPtModule(pl.LightningModule):
 
         info: dict[str, Any] = {
             "skip_first_and_last": self.skip_first_and_last,
+            "query_mode": "each object's mask on the first frame it is annotated (semi-supervised VOS); "
+                          "point queries for videos given as points",
             "evaluation_resolution": "dataset annotation size (480p for DAVIS)",
             "sam_variant": self.sam.variant,
             "sam_pt": dict(vars(self.sam_pt_config)),
@@ -109,12 +123,21 @@ class SamPtModule(pl.LightningModule):
         return info
 
     # -- per video -----------------------------------------------------------------------------
-    def _run_video(self, video: VideoItem) -> tuple[torch.Tensor, Optional[SamPtResult]]:
-        """Index masks ``(T, h, w) uint8`` for the video, from disk when a previous run finished it."""
+    def _run_video(self, video: VideoItem) -> tuple[Optional[torch.Tensor], Optional[SamPtResult]]:
+        """Index masks ``(T, h, w) uint8`` and the pipeline's result for the video.
+
+        A video that a previous run finished (see ``sampt.writers.sequence_is_complete``) is not
+        recomputed: its masks are read back when evaluation needs them (every frame was saved),
+        else ``(None, None)`` is returned.
+        """
         frames_to_save = list(video.save_frames) if video.save_frames is not None else list(video.frame_names)
-        if sequence_is_complete(self.output_dir, video.name, frames_to_save) and len(frames_to_save) == video.num_frames:
-            log.info("%s: complete in %s, reading it back instead of recomputing", video.name, self.output_dir)
-            return _read_index_pngs(self.output_dir / video.name, video.frame_names), None
+        if sequence_is_complete(self.output_dir, video.name, frames_to_save):
+            if len(frames_to_save) == video.num_frames:
+                log.info("%s: complete in %s, reading it back instead of recomputing", video.name, self.output_dir)
+                return _read_index_pngs(self.output_dir / video.name, video.frame_names), None
+            if video.ground_truth is None:
+                log.info("%s: complete in %s, skipped", video.name, self.output_dir)
+                return None, None
 
         object_ids = [o.object_id for o in video.objects]
         index_masks = torch.zeros((video.num_frames, *video.output_size), dtype=torch.uint8)
@@ -143,6 +166,9 @@ class SamPtModule(pl.LightningModule):
         for stage, seconds in result.timings.items():
             self._stage_seconds[stage] = self._stage_seconds.get(stage, 0.0) + seconds
 
+        if self.save_object_pngs:
+            write_object_pngs(self.output_dir, video.name, video.frame_names, index_masks.numpy(), object_ids)
+        # Written last: its completion marker tells a rerun that this video is done.
         write_sequence_pngs(self.output_dir, video.name, video.frame_names, index_masks.numpy(),
                             video.palette or davis_palette(), video.save_frames)
         if self.save_trajectories:
@@ -155,9 +181,9 @@ class SamPtModule(pl.LightningModule):
         return index_masks, result
 
     def _visualize(self, video: VideoItem, index_masks: torch.Tensor, result: Optional[SamPtResult]) -> None:
-        if result is None or self._videos_seen >= self.num_visualized_videos:
+        if result is None or index_masks is None or self._videos_seen >= self.num_visualized_videos:
             return
-        from sampt.overlay import overlay_strip, render_overlay, write_gif, write_png
+        from sampt.overlay import overlay_strip, render_overlay, write_gif, write_mp4, write_png
 
         scale = result.trajectories.new_tensor(
             [video.frames.shape[-1] / video.output_size[1], video.frames.shape[-2] / video.output_size[0]])
@@ -173,12 +199,15 @@ class SamPtModule(pl.LightningModule):
         experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
-        if self.write_overlay_gif:
+        if self.write_overlay_gif or self.write_overlay_mp4:
             images = [render_overlay(video.frames[t].cpu(), index_masks[t].numpy(), palette, trajectories[t],
                                      result.visibilities[t].numpy(), result.reasons[t].numpy(),
                                      num_positive=num_positive, object_ids=object_ids)
                       for t in range(video.num_frames)]
-            write_gif(folder / f"{video.name}.gif", images)
+            if self.write_overlay_gif:
+                write_gif(folder / f"{video.name}.gif", images, max_side=480)
+            if self.write_overlay_mp4:
+                write_mp4(folder / f"{video.name}.mp4", images)
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -196,7 +225,7 @@ class SamPtModule(pl.LightningModule):
         index_masks, result = self._run_video(video)
         self._visualize(video, index_masks, result)
         self._videos_seen += 1
-        if video.ground_truth is not None:
+        if video.ground_truth is not None and index_masks is not None:
             self.jf.update(video.name, None, video.ground_truth.cpu(), index_masks)
 
     def predict_step(self, video: VideoItem, batch_idx: int) -> dict[str, Any]:
@@ -216,8 +245,17 @@ class SamPtModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.on_test_epoch_end()
 
-    def on_test_epoch_end(self) -> None:
+    def _finish_outputs(self) -> None:
         self._log_speed()
+        if self.zip_results:
+            self.trainer.strategy.barrier()  # every rank has written its videos
+            if self.trainer.is_global_zero:
+                zip_path = self.output_dir.parent / "submission.zip"
+                members = zip_annotations(self.output_dir, zip_path)
+                log.info("wrote %s (%d PNGs)", zip_path, len(members))
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_outputs()
         rows = self.jf.per_object_table() if self.jf.update_count else []
         if not rows:
             self.jf.reset()
@@ -232,7 +270,7 @@ class SamPtModule(pl.LightningModule):
         self.jf.reset()
 
     def on_predict_epoch_end(self) -> None:
-        self._log_speed()
+        self._finish_outputs()
 
     def _log_speed(self) -> None:
         frames = torch.tensor([float(self._frames_processed), self._seconds_processed], dtype=torch.float64)

@@ -48,6 +48,8 @@ class SamPtConfig:
         use_patch_matching_filtering, patch_size, patch_similarity_threshold,
         patch_matching_color_order: the optional patch-matching filter (original's BGR->LAB
             channel order by default).
+        use_point_reinit, reinit_point_tracker_horizon, reinit_horizon, reinit_variant,
+        reinit_stop_when_missing: SAM-PT-reinit (``sampt.reinit``); off by default.
         seed: seeds query-point sampling and other random choices of one video (with its name).
     """
 
@@ -67,6 +69,11 @@ class SamPtConfig:
     patch_size: int = 3
     patch_similarity_threshold: float = 0.01
     patch_matching_color_order: str = "bgr"
+    use_point_reinit: bool = False
+    reinit_point_tracker_horizon: int = 24
+    reinit_horizon: int = 24
+    reinit_variant: str = "reinit-at-median-of-area-diff"
+    reinit_stop_when_missing: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,6 +81,18 @@ class SamPtConfig:
             raise ValueError("point_tracker_mask_batch_size must be >= 1")
         if self.frame_batch_size < 1:
             raise ValueError("frame_batch_size must be >= 1")
+        self.reinit()  # validates the reinit options even when reinit is off
+
+    def reinit(self):
+        from sampt.reinit import ReinitConfig
+
+        return ReinitConfig(
+            use_point_reinit=self.use_point_reinit,
+            reinit_point_tracker_horizon=self.reinit_point_tracker_horizon,
+            reinit_horizon=self.reinit_horizon,
+            reinit_variant=self.reinit_variant,
+            reinit_stop_when_missing=self.reinit_stop_when_missing,
+        )
 
     def prompting(self, num_positive: Optional[int] = None, num_negative: Optional[int] = None) -> PromptingConfig:
         return PromptingConfig(
@@ -324,6 +343,10 @@ class SamPt:
         ``on_queries`` receives the queries (with the query masks, which for point queries are
         SAM's prediction) before the first frame is segmented.
         """
+        if self.config.use_point_reinit:
+            from sampt.reinit_pipeline import run_with_reinit
+
+            return run_with_reinit(self, video, on_frame, on_queries, progress)
         timings: dict[str, float] = defaultdict(float)
         rng = video_rng(self.config.seed, video.name)
         frames = video.frames

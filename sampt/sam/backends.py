@@ -497,7 +497,9 @@ def build_sam(
     module.requires_grad_(False)
     if device is not None:
         module.to(device)
-    return SamModel(module, hq=entry.hq, hq_token_only=hq_token_only, variant=entry.label)
+    model = SamModel(module, hq=entry.hq, hq_token_only=hq_token_only, variant=entry.label)
+    model.weights_path = weights  # recorded with every result (name and md5 of the weights used)
+    return model
 
 
 @dataclass

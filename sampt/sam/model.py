@@ -51,6 +51,7 @@ class SamModel(nn.Module):
         self.hq_token_only = hq_token_only
         self.variant = variant
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        self.weights_path: Optional[Any] = None  # set by the builder that loaded the weights
 
     @property
     def device(self) -> torch.device:
