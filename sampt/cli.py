@@ -50,15 +50,28 @@ def _trainer_defaults() -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from sampt.datamodules.base import VideoDataModule
-    from sampt.lightning import SamPtModule
+    from sampt.errors import SamptError
 
     explicit_args = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _main(argv, explicit_args)
+    except SamptError as error:
+        # A user's mistake (missing checkpoint, bad dataset layout, malformed file): the message
+        # says what and where; a traceback would only hide it.
+        print(f"sampt: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(argv: list[str], explicit_args: bool) -> None:
+    from sampt.datamodules.base import VideoDataModule
+    from sampt.lightning import SamPtModule
+
     if argv and argv[0] in TOOLS:
         module_name, _ = TOOLS[argv[0]]
         module = __import__(module_name, fromlist=["main"])
-        raise SystemExit(module.main(argv[1:]) or 0)
+        result = module.main(argv[1:])
+        raise SystemExit(result if isinstance(result, int) else 0)
     if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
         print("usage: sampt {test,predict,validate} --config CONFIG [...]\n"
               "       sampt {" + ",".join(TOOLS) + "} [...]\n")

@@ -22,6 +22,7 @@ from sampt.merge import VosMerger
 from sampt.metrics.jf import DavisJF, evaluate_sequence, official_sequence_rows
 from sampt.pipeline import SamPt, SamPtConfig, SamPtResult
 from sampt.sam.backends import SamConfig
+from sampt.sam.model import SamModel
 from sampt.trackers.base import PointTracker
 from sampt.video import VideoItem, davis_palette
 from sampt.writers import (atomic_open, sequence_is_complete, write_object_pngs, write_sequence_pngs,
@@ -74,9 +75,10 @@ class SamPtModule(pl.LightningModule):
         super().__init__()
         self.sam_config = sam
         self.sam_pt_config = sam_pt
-        self.sam = sam.build()
+        # SAM is built in ``setup``: weights resolve (and may fail with a clear CheckpointError)
+        # only when a run starts, not when a config is merely parsed or printed.
+        self.sam: Optional[SamModel] = None
         self.tracker = tracker
-        self.pipeline = SamPt(self.sam, self.tracker, self.sam_pt_config)
         self.output_dir_option = output_dir
         self.skip_first_and_last = skip_first_and_last
         self.save_trajectories = save_trajectories
@@ -92,6 +94,17 @@ class SamPtModule(pl.LightningModule):
         self._seconds_processed = 0.0
         self._stage_seconds: dict[str, float] = {}
         self._videos_seen = 0
+
+    def setup(self, stage: str) -> None:
+        if self.sam is None:
+            self.sam = self.sam_config.build()
+        self.tracker.prepare()
+
+    @property
+    def pipeline(self) -> SamPt:
+        if self.sam is None:
+            raise RuntimeError("SamPtModule.setup() builds SAM before the first video")
+        return SamPt(self.sam, self.tracker, self.sam_pt_config)
 
     # -- paths and run information ------------------------------------------------------------
     @property
@@ -149,7 +162,8 @@ class SamPtModule(pl.LightningModule):
 
         def on_queries(queries) -> None:
             nonlocal merger
-            merger = VosMerger(object_ids, queries.query_frames.tolist(), queries.query_masks, video.output_size)
+            merger = VosMerger(object_ids, queries.query_frames.tolist(), queries.query_masks, video.output_size,
+                               [o.output_mask for o in video.objects])
 
         def on_frame(output) -> None:
             index_masks[output.t] = merger(output.t, output.logits).cpu()

@@ -7,7 +7,7 @@ Objects keep their dataset ids in the index mask.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,13 @@ class VosMerger:
         query_frames: ``(M,)`` query frame of each object.
         query_masks: ``(M, H, W) bool`` query masks at input resolution.
         output_size: ``(h, w)``.
+        output_masks: optional ``(M, h, w) bool`` query masks at the output size, used as they
+            are instead of resizing ``query_masks`` (the dataset's own annotation, when it has one
+            at the output resolution: the query frame then reproduces the given mask exactly).
     """
 
     def __init__(self, object_ids: Sequence[int], query_frames: Sequence[int], query_masks: torch.Tensor,
-                 output_size: tuple[int, int]):
+                 output_size: tuple[int, int], output_masks: Optional[Sequence[Optional[torch.Tensor]]] = None):
         if len(object_ids) != len(query_frames) or len(object_ids) != len(query_masks):
             raise ValueError("object_ids, query_frames and query_masks must have one entry per object")
         if any(not 0 < int(i) < 256 for i in object_ids):
@@ -35,6 +38,12 @@ class VosMerger:
         self.ids = torch.tensor([0, *[int(i) for i in object_ids]], dtype=torch.uint8)
         self.query_frames = [int(t) for t in query_frames]
         self.output_masks = F.interpolate(query_masks[None].float(), size=tuple(output_size), mode="nearest")[0].bool()
+        for m, given in enumerate(output_masks or []):
+            if given is not None:
+                if tuple(given.shape) != tuple(output_size):
+                    raise ValueError(f"output mask of object {object_ids[m]} is {tuple(given.shape)}, "
+                                     f"expected the output size {tuple(output_size)}")
+                self.output_masks[m] = given.bool().to(self.output_masks.device)
 
     def __call__(self, t: int, logits: torch.Tensor) -> torch.Tensor:
         """Index mask of frame ``t`` from its ``(M, h, w)`` logits."""

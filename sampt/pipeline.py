@@ -50,6 +50,8 @@ class SamPtConfig:
             channel order by default).
         use_point_reinit, reinit_point_tracker_horizon, reinit_horizon, reinit_variant,
         reinit_stop_when_missing: SAM-PT-reinit (``sampt.reinit``); off by default.
+        reinit_embedding_cache_mib: SAM-PT-reinit's windows overlap; image embeddings of recent
+            frames are cached (LRU) up to this many MiB on the SAM device (0: no cache).
         seed: seeds query-point sampling and other random choices of one video (with its name).
     """
 
@@ -74,6 +76,7 @@ class SamPtConfig:
     reinit_horizon: int = 24
     reinit_variant: str = "reinit-at-median-of-area-diff"
     reinit_stop_when_missing: bool = False
+    reinit_embedding_cache_mib: int = 1024
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,6 +84,8 @@ class SamPtConfig:
             raise ValueError("point_tracker_mask_batch_size must be >= 1")
         if self.frame_batch_size < 1:
             raise ValueError("frame_batch_size must be >= 1")
+        if self.reinit_embedding_cache_mib < 0:
+            raise ValueError("reinit_embedding_cache_mib must be >= 0")
         self.reinit()  # validates the reinit options even when reinit is off
 
     def reinit(self):
@@ -166,7 +171,8 @@ class SamPtResult:
         visibilities / reasons: ``(T, M, P)``.
         scores_per_frame: ``(T, M) float32``, ``-inf`` where an object had no prompt.
         scores: ``(M,)`` mean of the per-frame scores that exist (the video score).
-        timings: seconds per stage; ``num_decoder_calls``: mask-decoder calls.
+        timings: seconds per stage; ``num_decoder_calls``: mask-decoder calls;
+        ``num_encoded_frames``: frames run through SAM's image encoder.
     """
 
     queries: Queries
@@ -177,6 +183,7 @@ class SamPtResult:
     scores: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
     num_decoder_calls: int = 0
+    num_encoded_frames: int = 0
 
 
 def video_rng(seed: int, video_name: str) -> np.random.Generator:
@@ -379,6 +386,7 @@ class SamPt:
             scores=video_scores(scores_per_frame, has_score),
             timings=dict(timings),
             num_decoder_calls=calls,
+            num_encoded_frames=num_frames + (0 if all(o.mask is not None for o in video.objects) else num_objects),
         )
 
 

@@ -33,6 +33,13 @@ class PointTracker(nn.Module, ABC):
         Returns ``(trajectories (B, T, N, 2) float32, visibilities (B, T, N) bool)``.
         """
 
+    def prepare(self) -> None:
+        """Resolve and load weights, once, before the first video (no-op for weight-free trackers).
+
+        Called by the Lightning module's ``setup`` so that a missing checkpoint fails with a
+        clear ``CheckpointError`` when a run starts rather than while a config is parsed.
+        """
+
     @staticmethod
     def check_inputs(video: torch.Tensor, queries: torch.Tensor) -> None:
         """Raise ``ValueError`` with the offending shape/dtype when inputs break the interface."""

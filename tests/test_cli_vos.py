@@ -1,0 +1,137 @@
+"""`sampt test` end to end on DAVIS layouts with the tiny SAM and a static tracker."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DAVIS_SAMPLE, REPO
+from sampt.cli import main as sampt_main
+
+TINY = ["--config", "configs/test/tiny_sam.yaml", "--config", "configs/test/tiny.yaml"]
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch):
+    # Config files use paths relative to the repository root, as a user runs them.
+    monkeypatch.chdir(REPO)
+
+
+def run_test(config, root, out, *extra):
+    sampt_main(["test", "--config", config, *TINY, "--data.init_args.root", str(root),
+                "--data.init_args.longest_size", "128", "--model.init_args.output_dir", str(out / "predictions"),
+                "--trainer.logger.init_args.save_dir", str(out), *extra])
+
+
+def read_csv(path):
+    header, *rows = Path(path).read_text().strip().splitlines()
+    return header.split(","), [row.split(",") for row in rows]
+
+
+def test_d17_on_the_davis_sample(davis2017_sample, tmp_path):
+    run_test("configs/d17.yaml", davis2017_sample, tmp_path)
+    header, rows = read_csv(tmp_path / "global_results-val.csv")
+    assert header == ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+    values = [float(v) for v in rows[0]]
+    assert 0.0 <= values[0] <= 1.0 and values[0] == pytest.approx((values[1] + values[4]) / 2)
+    _, per_sequence = read_csv(tmp_path / "per-sequence_results-val.csv")
+    assert sorted(r[0] for r in per_sequence) == ["blackswan_1", "car-shadow_1"]
+    for sequence in ("blackswan", "car-shadow"):
+        pngs = sorted((tmp_path / "predictions" / sequence).glob("*.png"))
+        assert [p.stem for p in pngs] == [f"{i:05d}" for i in range(5)]
+        image = Image.open(pngs[0])
+        assert image.mode == "P" and image.size == (854, 480)
+        # The query frame is the given mask, pasted.
+        gt = np.array(Image.open(DAVIS_SAMPLE / "Annotations/480p" / sequence / "00000.png")) > 0
+        assert np.array_equal(np.array(image) == 1, gt)
+    assert (tmp_path / "config.yaml").is_file() and "tiny_sam_vit.pt" in (tmp_path / "config.yaml").read_text()
+    assert (tmp_path / "overlays" / "blackswan.png").is_file()
+    assert np.load(tmp_path / "trajectories" / "blackswan.npz")["trajectories"].shape == (5, 1, 5, 2)
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_d16_on_the_2016_release_layout(davis2016_sample, tmp_path):
+    run_test("configs/d16.yaml", davis2016_sample, tmp_path, "--data.init_args.max_videos", "1")
+    _, rows = read_csv(tmp_path / "per-sequence_results-val.csv")
+    assert [r[0] for r in rows] == ["blackswan_1"]
+
+
+def test_object_appearing_later_is_background_before_its_query_frame(tmp_path):
+    from sampt.datamodules.dummy_davis import synthetic_multi_object_sequence, write_davis_2017
+
+    frames, masks = synthetic_multi_object_sequence(num_frames=6, height=48, width=64, seed=1, late_object_frame=3)
+    write_davis_2017(tmp_path / "tree", {"late": (frames, masks)}, splits={"val": ["late"]})
+    run_test("configs/d17.yaml", tmp_path / "tree", tmp_path / "run")
+    written = np.stack([np.array(Image.open(tmp_path / "run/predictions/late" / f"{i:05d}.png")) for i in range(6)])
+    assert not (written[:3] == 3).any()
+    assert np.array_equal(written[3] == 3, masks[3] == 3)
+    _, rows = read_csv(tmp_path / "run/per-sequence_results-val.csv")
+    assert sorted(r[0] for r in rows) == ["late_1", "late_2", "late_3"]
+
+
+def test_resume_skips_complete_sequences_and_redoes_partial_ones(davis2017_sample, tmp_path):
+    run_test("configs/d17.yaml", davis2017_sample, tmp_path)
+    first = (tmp_path / "global_results-val.csv").read_text()
+    kept = tmp_path / "predictions/blackswan/00002.png"
+    removed = tmp_path / "predictions/car-shadow/00003.png"
+    kept_mtime = kept.stat().st_mtime_ns
+    removed.unlink()
+    run_test("configs/d17.yaml", davis2017_sample, tmp_path)
+    assert kept.stat().st_mtime_ns == kept_mtime  # complete: read back, not rewritten
+    assert removed.is_file()  # partial: recomputed
+    assert (tmp_path / "global_results-val.csv").read_text() == first
+
+
+def test_oracle_gives_perfect_scores_through_sampt_eval(tmp_path, capsys):
+    gt = DAVIS_SAMPLE / "Annotations" / "480p"
+    with pytest.raises(SystemExit) as exit_info:
+        sampt_main(["eval", "--gt", str(gt), "--pred", str(gt), "--out", str(tmp_path)])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("J&F-Mean,J-Mean")
+    assert [float(v) for v in lines[1].split(",")][:3] == [1.0, 1.0, 1.0]
+    assert (tmp_path / "global_results-val.csv").is_file()
+
+
+def test_one_and_two_processes_give_identical_results(tmp_path):
+    """DDP over 2 CPU processes (gloo), 3 videos (odd): same tables, same PNGs as 1 process."""
+    from sampt.datamodules.dummy_davis import convert_davis_sample, synthetic_multi_object_sequence, write_davis_2017
+
+    tree = tmp_path / "tree"
+    convert_davis_sample(DAVIS_SAMPLE, tree, layout="2017", max_frames=4, copy=True)
+    frames, masks = synthetic_multi_object_sequence(num_frames=4, height=48, width=64, seed=2)
+    write_davis_2017(tmp_path / "extra", {"synthetic": (frames, masks)}, splits={"val": ["synthetic"]})
+    for sub in ("JPEGImages/480p/synthetic", "Annotations/480p/synthetic"):
+        (tree / sub).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp_path / "extra" / sub, tree / sub)
+    split = tree / "ImageSets/2017/val.txt"
+    split.write_text(split.read_text().strip() + "\nsynthetic\n")
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    runs = {}
+    for devices in (1, 2):
+        out = tmp_path / f"run{devices}"
+        command = [sys.executable, "-m", "sampt.cli", "test", "--config", "configs/d17.yaml", *TINY,
+                   "--data.init_args.root", str(tree), "--data.init_args.longest_size", "128",
+                   "--model.init_args.output_dir", str(out / "predictions"),
+                   "--trainer.logger.init_args.save_dir", str(out),
+                   "--trainer.accelerator", "cpu", "--trainer.devices", str(devices)]
+        if devices == 2:
+            command += ["--trainer.strategy", "ddp"]
+        completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        runs[devices] = out
+    for name in ("global_results-val.csv", "per-sequence_results-val.csv"):
+        assert (runs[1] / name).read_text() == (runs[2] / name).read_text()
+    _, rows = read_csv(runs[1] / "per-sequence_results-val.csv")
+    assert len(rows) == 1 + 1 + 3  # blackswan, car-shadow, three synthetic objects
+    pngs = sorted(p.relative_to(runs[1]) for p in (runs[1] / "predictions").rglob("*.png"))
+    assert len(pngs) == 3 * 4
+    assert pngs == sorted(p.relative_to(runs[2]) for p in (runs[2] / "predictions").rglob("*.png"))
+    for png in pngs:
+        assert np.array_equal(np.array(Image.open(runs[1] / png)), np.array(Image.open(runs[2] / png)))
