@@ -41,6 +41,8 @@ class SamPtConfig:
         positive_points_per_mask / negative_points_per_mask: points sampled per object.
         add_other_objects_positive_points_as_negative_points, max_other_objects_positive_points,
         iterative_refinement_iterations, sam_iou_threshold: the SAM stage (``sam.prompting``).
+        masks_batch_size: objects act as each other's negatives only within consecutive groups
+            of this many, as in the original, which segments objects in batches (VOS: 5).
         point_tracker_mask_batch_size: objects whose points are tracked in one tracker call.
         frame_batch_size: frames embedded per image-encoder call (more = faster on GPU, more memory).
         decoder_batch_size: prompts per mask-decoder call.
@@ -61,6 +63,7 @@ class SamPtConfig:
     negative_points_per_mask: int = 1
     add_other_objects_positive_points_as_negative_points: bool = True
     max_other_objects_positive_points: Optional[int] = None
+    masks_batch_size: Optional[int] = 5
     point_tracker_mask_batch_size: int = 5
     iterative_refinement_iterations: int = 12
     sam_iou_threshold: float = 0.7
@@ -106,6 +109,7 @@ class SamPtConfig:
             add_other_objects_positive_points_as_negative_points=(
                 self.add_other_objects_positive_points_as_negative_points),
             max_other_objects_positive_points=self.max_other_objects_positive_points,
+            masks_batch_size=self.masks_batch_size,
             iterative_refinement_iterations=self.iterative_refinement_iterations,
             sam_iou_threshold=self.sam_iou_threshold,
             refinement_box_in_frame_pixels=self.refinement_box_in_frame_pixels,

@@ -88,3 +88,14 @@ def test_no_prompt_gives_empty_mask_and_no_score(tiny_sam):
     prediction = SamPrompter(tiny_sam, PromptingConfig()).predict_frame(embedding, [empty])
     assert not prediction.has_score[0] and prediction.scores[0] == float("-inf")
     assert torch.isneginf(prediction.logits).all()
+
+
+def test_objects_are_negatives_only_within_their_batch():
+    points = torch.arange(3 * 2 * 2, dtype=torch.float32).reshape(3, 2, 2)
+    visible = torch.ones(3, 2, dtype=torch.bool)
+    config = PromptingConfig(positive_points_per_mask=2, negative_points_per_mask=0, masks_batch_size=2)
+    prompts = build_point_prompts(points, visible, config)
+    assert [len(p) for p in prompts] == [4, 4, 2]  # objects 0 and 1 share a batch; object 2 is alone
+    everyone = build_point_prompts(points, visible, PromptingConfig(positive_points_per_mask=2,
+                                                                    negative_points_per_mask=0))
+    assert [len(p) for p in everyone] == [6, 6, 6]

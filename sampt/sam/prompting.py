@@ -47,6 +47,9 @@ class PromptingConfig:
         add_other_objects_positive_points_as_negative_points: prompt other objects' visible
             positives as negatives.
         max_other_objects_positive_points: cap on those extra negatives (random subset).
+        masks_batch_size: the original segments a video's objects in separate batches of this
+            many (5 for VOS, 100 for VIS), so only objects of the same batch act as each other's
+            negatives; None lets every object see every other one.
         iterative_refinement_iterations: box refinement calls after the point prompt.
         sam_iou_threshold: masks with a lower predicted IoU are emptied.
         refinement_box_in_frame_pixels: reproduce the original's box coordinates (see module doc).
@@ -59,6 +62,7 @@ class PromptingConfig:
     negative_points_per_mask: int = 1
     add_other_objects_positive_points_as_negative_points: bool = True
     max_other_objects_positive_points: Optional[int] = None
+    masks_batch_size: Optional[int] = None
     iterative_refinement_iterations: int = 12
     sam_iou_threshold: float = 0.7
     refinement_box_in_frame_pixels: bool = True
@@ -72,6 +76,8 @@ class PromptingConfig:
             raise ValueError("iterative_refinement_iterations must be >= 0")
         if self.decoder_batch_size < 1:
             raise ValueError("decoder_batch_size must be >= 1")
+        if self.masks_batch_size is not None and self.masks_batch_size < 1:
+            raise ValueError("masks_batch_size must be >= 1 or null")
 
 
 @dataclass
@@ -127,7 +133,11 @@ def build_point_prompts(
     for m in range(num_objects):
         coords, object_labels = points[m][visible[m]], labels[visible[m]]
         if num_objects > 1 and config.add_other_objects_positive_points_as_negative_points:
-            others = torch.cat([positives_of[o] for o in range(num_objects) if o != m], dim=0)
+            group = range(num_objects)
+            if config.masks_batch_size is not None:
+                first = m - m % config.masks_batch_size
+                group = range(first, min(first + config.masks_batch_size, num_objects))
+            others = torch.cat([positives_of[o] for o in group if o != m] or [points.new_zeros(0, 2)], dim=0)
             cap = config.max_other_objects_positive_points
             if cap is not None and len(others) > cap:
                 generator = rng if rng is not None else np.random.default_rng()
