@@ -1,5 +1,8 @@
 """Data modules, one per benchmark family; each yields one ``sampt.video.VideoItem`` per video."""
 from sampt.datamodules.base import UnpaddedDistributedSampler, VideoDataModule, VideoDataset
 from sampt.datamodules.davis import D16, D17
+from sampt.datamodules.generic import Generic
+from sampt.datamodules.mose import MOSE
+from sampt.datamodules.ytvos import Y18
 
-__all__ = ["D16", "D17", "UnpaddedDistributedSampler", "VideoDataModule", "VideoDataset"]
+__all__ = ["D16", "D17", "Generic", "MOSE", "UnpaddedDistributedSampler", "VideoDataModule", "VideoDataset", "Y18"]

@@ -32,6 +32,14 @@ class SaveConfigNextToResults(SaveConfigCallback):
 
 
 class SamptCLI(LightningCLI):
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # The module writes every prediction to disk; Lightning's default would also keep
+            # them all (every video's masks) in memory until the run ends.
+            parser.set_defaults(return_predictions=False)
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One seed for everything: Lightning's global seed also seeds SAM-PT's per-video sampling.
         parser.link_arguments("seed_everything", "model.init_args.sam_pt.seed",
@@ -56,11 +64,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _main(argv, explicit_args)
-    except SamptError as error:
+    except Exception as error:
         # A user's mistake (missing checkpoint, bad dataset layout, malformed file): the message
-        # says what and where; a traceback would only hide it.
-        print(f"sampt: error: {error}", file=sys.stderr)
+        # says what and where; a traceback would only hide it. jsonargparse re-raises errors of
+        # the config's classes as a ValueError ``from`` the original: follow explicit causes.
+        user_error = _sampt_error_in_chain(error, SamptError)
+        if user_error is None:
+            raise
+        print(f"sampt: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _sampt_error_in_chain(error: Optional[BaseException], kind: type) -> Optional[BaseException]:
+    """The first ``kind`` error among ``error`` and its ``__cause__`` chain, or None (only explicit
+    causes: a bug raised while handling a user error must still show its traceback)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None
 
 
 def _main(argv: list[str], explicit_args: bool) -> None:
