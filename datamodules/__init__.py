@@ -3,6 +3,7 @@ from sampt.datamodules.base import UnpaddedDistributedSampler, VideoDataModule, 
 from sampt.datamodules.davis import D16, D17
 from sampt.datamodules.generic import Generic
 from sampt.datamodules.mose import MOSE
+from sampt.datamodules.uvo import UVO
 from sampt.datamodules.ytvos import Y18
 
-__all__ = ["D16", "D17", "Generic", "MOSE", "UnpaddedDistributedSampler", "VideoDataModule", "VideoDataset", "Y18"]
+__all__ = ["D16", "D17", "Generic", "MOSE", "UnpaddedDistributedSampler", "UVO", "VideoDataModule", "VideoDataset", "Y18"]

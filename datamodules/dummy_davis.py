@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Sequence, Union
 
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from sampt.errors import DatasetLayoutError
+from sampt.writers import atomic_open, write_text_atomic
 from sampt.video import davis_palette
 
 from .io import list_frame_files, resize_masks_nearest
@@ -30,40 +30,28 @@ PathLike = Union[str, os.PathLike]
 SequenceArrays = tuple[np.ndarray, np.ndarray]  # frames (T, H, W, 3) uint8, masks (T, H, W) uint8
 
 
-def _save_atomic(image: Image.Image, path: Path, image_format: str, **options) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format=image_format, **options)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
+
+
+def _save_image(image: Image.Image, path: Path, image_format: str, **options) -> None:
+    with atomic_open(path, "wb") as stream:
+        image.save(stream, format=image_format, **options)
 
 
 def _write_palette_png(indices: np.ndarray, path: Path) -> None:
     image = Image.fromarray(np.ascontiguousarray(indices, dtype=np.uint8), mode="P")
     image.putpalette(davis_palette())
-    _save_atomic(image, path, "PNG")
+    _save_image(image, path, "PNG")
 
 
 def _write_gray_png(indices: np.ndarray, path: Path) -> None:
     binary = np.where(np.asarray(indices) > 0, 255, 0).astype(np.uint8)
-    _save_atomic(Image.fromarray(binary, mode="L"), path, "PNG")
+    _save_image(Image.fromarray(binary, mode="L"), path, "PNG")
 
 
 def _write_jpeg(frame: np.ndarray, path: Path, quality: int) -> None:
-    _save_atomic(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), mode="RGB"), path, "JPEG",
+    _save_image(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), mode="RGB"), path, "JPEG",
                  quality=quality)
 
 
@@ -127,9 +115,9 @@ def write_davis_2017(root: PathLike, sequences: Mapping[str, SequenceArrays],
     if splits is None:
         splits = {"val": list(sequences)}
     for split, names in splits.items():
-        _write_text_atomic(root / "ImageSets" / "2017" / f"{split}.txt", "".join(f"{n}\n" for n in names))
+        write_text_atomic(root / "ImageSets" / "2017" / f"{split}.txt", "".join(f"{n}\n" for n in names))
     for split, names in (splits_2016 or {}).items():
-        _write_text_atomic(root / "ImageSets" / "2016" / f"{split}.txt", "".join(f"{n}\n" for n in names))
+        write_text_atomic(root / "ImageSets" / "2016" / f"{split}.txt", "".join(f"{n}\n" for n in names))
     return root
 
 
@@ -175,9 +163,9 @@ def write_davis_2016(root: PathLike, sequences: Mapping[str, SequenceArrays],
         splits = {"val": list(sequences)}
     counts = {name: len(frames) for name, (frames, _) in sequences.items()}
     for split, names in splits.items():
-        _write_text_atomic(root / "ImageSets" / "480p" / f"{split}.txt", _frame_list_2016(names, counts, "480p"))
+        write_text_atomic(root / "ImageSets" / "480p" / f"{split}.txt", _frame_list_2016(names, counts, "480p"))
         if frames_1080p:
-            _write_text_atomic(root / "ImageSets" / "1080p" / f"{split}.txt",
+            write_text_atomic(root / "ImageSets" / "1080p" / f"{split}.txt",
                                _frame_list_2016(names, counts, "1080p"))
     return root
 
@@ -237,10 +225,10 @@ def convert_davis_sample(sample_root: PathLike, out_root: PathLike, layout: Lite
                 _write_palette_png((gray >= 128).astype(np.uint8), target)
     if layout == "2017":
         listing = "".join(f"{n}\n" for n in names)
-        _write_text_atomic(out_root / "ImageSets" / "2017" / "val.txt", listing)
-        _write_text_atomic(out_root / "ImageSets" / "2016" / "val.txt", listing)
+        write_text_atomic(out_root / "ImageSets" / "2017" / "val.txt", listing)
+        write_text_atomic(out_root / "ImageSets" / "2016" / "val.txt", listing)
     else:
-        _write_text_atomic(out_root / "ImageSets" / "480p" / "val.txt", _frame_list_2016(names, counts, "480p"))
+        write_text_atomic(out_root / "ImageSets" / "480p" / "val.txt", _frame_list_2016(names, counts, "480p"))
     return out_root
 
 

@@ -39,6 +39,7 @@ from typing import Optional, Sequence, Union
 from tqdm import tqdm
 
 from sampt.errors import CheckpointError
+from sampt.writers import write_text_atomic
 
 PathLike = Union[str, os.PathLike]
 
@@ -193,20 +194,11 @@ def _read_md5_record(path: Path) -> Optional[str]:
     return fields[0].lower() if fields else None
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _record_md5(path: Path, digest: str) -> None:
     # md5sum's format, so `cd <cache> && md5sum -c <file>.md5` works too.
-    _write_atomically(md5_record_path(path), f"{digest}  {path.name}\n")
+    write_text_atomic(md5_record_path(path), f"{digest}  {path.name}\n")
 
 
 def _warn_no_published_md5(checkpoint: Checkpoint) -> None:

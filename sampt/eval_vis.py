@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 from sampt.errors import InputFormatError
 from sampt.metrics.vis_ap import STAT_NAMES, encode_masks, evaluate_vis
+from sampt.writers import write_text_atomic
 
 
 def masks_to_rles(masks: Union[np.ndarray, torch.Tensor]) -> list:
@@ -40,20 +40,6 @@ def _json_rle(rle: Mapping) -> dict:
             "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
-def _atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and os.replace."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def write_results_json(path: Union[str, os.PathLike], entries: Iterable[Mapping]) -> int:
@@ -86,7 +72,7 @@ def write_results_json(path: Union[str, os.PathLike], entries: Iterable[Mapping]
             "category_id": int(entry.get("category_id", 1)),
             "segmentations": rles,
         })
-    _atomic_write_text(path, json.dumps(serialised))
+    write_text_atomic(path, json.dumps(serialised))
     return len(serialised)
 
 
@@ -123,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stats = evaluation["stats"]
     print(format_stats_table(stats))
     if args.out:
-        _atomic_write_text(args.out, json.dumps({name: stats[name] for name in STAT_NAMES}, indent=1))
+        write_text_atomic(args.out, json.dumps({name: stats[name] for name in STAT_NAMES}, indent=1))
     return 0
 
 

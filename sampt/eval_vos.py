@@ -21,7 +21,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -38,6 +37,7 @@ from sampt.metrics.jf import (
     ground_truth_object_ids,
     official_sequence_rows,
 )
+from sampt.writers import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -195,18 +195,6 @@ def format_per_sequence_csv(object_rows: Sequence[dict[str, Any]], float_format:
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as tmp_file:
-            tmp_file.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
 
 
 def evaluate_folders(

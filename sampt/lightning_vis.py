@@ -16,13 +16,21 @@ Per video (SAM-PT's ``SamBasedVisToVosAdapter``):
    numbers. With a GT subset (``max_videos`` / ``max_annotations`` / ``max_frames`` / the tiny
    split) the evaluated GT is saved as ``<output_dir>/ground_truth.json`` for that purpose.
 
-Distributed runs: each rank streams its videos' entries to ``<output_dir>/.results_parts/``
-(``output_dir`` must be on storage all ranks share, as for the VOS PNGs); after a barrier rank 0
-merges them in video-id order, so the file does not depend on the number of processes. The
-metric gathers per-video records itself.
+Differences from the original: everything runs in float32 (the original's detectron2 test loop
+wrapped inference in CUDA ``autocast``, i.e. fp16 where autocast applies); query points are
+sampled with the per-video generator (``sampt.pipeline.video_rng``), not the global NumPy state;
+a video without proposals yields no instance (the original fails stacking an empty list). As in
+the original, frame 0 is embedded by the generator and again by every SAM-PT run.
+
+Distributed runs: each rank streams its videos' entries to a part file
+``<output_dir>/.results_parts/rank<r>.jsonl`` (nothing accumulates in memory during the epoch);
+at epoch end each rank reads its part back and sends it to rank 0 (``gather_object``: no shared
+storage needed), which writes them in video-id order, so the file does not depend on the number
+of processes. The metric gathers its per-video records itself.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,7 +38,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -58,16 +65,18 @@ def _vis_sam_pt_defaults() -> SamPtConfig:
                        point_tracker_mask_batch_size=100)
 
 
-def track_scores(result: SamPtResult, mode: str) -> torch.Tensor:
+def track_scores(result: SamPtResult, mode: str, nan_aware: bool = False) -> torch.Tensor:
     """``(M,) float32`` video scores of SAM-PT's tracks.
 
-    ``original``: the mean of ``scores_per_frame`` over *all* frames, as the original's VIS path
-    computes it; a frame without any visible point has score -inf, so such a track scores -inf
-    (it ranks last, it is still a detection). ``prompted_frames_mean``: the mean over the frames
-    SAM was prompted on (``SamPtResult.scores``; 0 for a track never prompted).
+    ``original``: the mean of ``scores_per_frame`` over *all* frames, as the original computes it
+    (``scores_per_frame.mean(0)``; ``nanmean`` with ``nan_aware``, the original's SAM-PT-reinit
+    path); a frame without any visible point has score -inf, so such a track scores -inf (it ranks
+    last, it is still a detection). ``prompted_frames_mean``: the mean over the frames SAM was
+    prompted on (``SamPtResult.scores``; 0 for a track never prompted).
     """
     if mode == "original":
-        return result.scores_per_frame.float().mean(0)
+        scores = result.scores_per_frame.float()
+        return scores.nanmean(0) if nan_aware else scores.mean(0)
     if mode == "prompted_frames_mean":
         return result.scores.float()
     raise ValueError(f"score must be one of {SCORE_MODES}, got {mode!r}")
@@ -167,18 +176,18 @@ class SamPtVisModule(SamPtModule):
                 rles: list[list] = [[None] * num_frames for _ in objects]
 
                 def on_frame(output, rles=rles, first_id=start + 1) -> None:
-                    masks = output.logits > 0
+                    # (M, h, w) bool of this frame only; encoded right away, never stacked over time.
+                    masks = (output.logits > 0).cpu()
                     for i, rle in enumerate(masks_to_rles(masks)):
                         rles[i][output.t] = rle
                     if index_masks is not None:
                         # Later proposals are painted over earlier ones (display only).
-                        for i in range(masks.shape[0]):
-                            if first_id + i < 256:
-                                index_masks[output.t][masks[i].cpu()] = first_id + i
+                        for i in range(min(masks.shape[0], 256 - first_id)):
+                            index_masks[output.t][masks[i]] = first_id + i
 
                 result = pipeline.run(dataclasses.replace(video, objects=objects), on_frame,
-                                           progress=(lambda t: bar.update(1)) if bar else None)
-                scores = track_scores(result, self.score_mode)
+                                      progress=(lambda t: bar.update(1)) if bar else None)
+                scores = track_scores(result, self.score_mode, nan_aware=self.sam_pt_config.use_point_reinit)
                 for i in range(len(objects)):
                     entries.append({"video_id": video_id, "score": float(scores[i]), "category_id": UVO_CATEGORY_ID,
                                     "segmentations": rles[i]})
@@ -205,14 +214,15 @@ class SamPtVisModule(SamPtModule):
     def _visualize_vis(self, video: VideoItem, extra: dict[str, Any]) -> None:
         if extra["index_masks"] is None:
             return
-        from sampt.overlay import overlay_strip, render_overlay, write_png
+        from sampt.overlay import overlay_strip, write_png
 
         palette = davis_palette()
         proposals = extra["proposals"]
         proposal_map = torch.zeros(proposals.shape[1:], dtype=torch.uint8)
         for i in range(min(len(proposals), 255)):
             proposal_map[proposals[i]] = i + 1
-        proposal_image = render_overlay(video.frames[0].cpu(), proposal_map.numpy(), palette)
+        # A one-frame strip: the same display height as the tracks' strip.
+        proposal_image = overlay_strip(video.frames[:1].cpu(), proposal_map[None].numpy(), palette, max_frames=1)
         trajectories = visibilities = reasons = None
         num_positive = None
         results = extra["results"]
@@ -277,15 +287,20 @@ class SamPtVisModule(SamPtModule):
         log.info("%s (video %d): %d proposals tracked", video.name, video_id, len(entries))
         return entries
 
-    def _merge_parts(self) -> list[dict]:
-        """Rank 0, after the barrier: every rank's per-video lines, in video-id order."""
-        lines = []
-        for rank in range(self.trainer.world_size):
-            path = self._parts_dir() / f"rank{rank:05d}.jsonl"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: output_dir must be on storage every rank shares")
-            with open(path, encoding="utf-8") as handle:
-                lines.extend(json.loads(line) for line in handle if line.strip())
+    def _gather_parts(self) -> list[dict]:
+        """Every rank's per-video lines on rank 0 (in video-id order), [] on the other ranks.
+
+        Each rank reads back its own part file and sends it to rank 0, so ``output_dir`` need not
+        be on storage the ranks (nodes) share.
+        """
+        path = self._parts_dir() / f"rank{self.global_rank:05d}.jsonl"
+        with open(path, encoding="utf-8") as handle:
+            lines = [json.loads(line) for line in handle if line.strip()]
+        path.unlink()
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: Optional[list] = [None] * self.trainer.world_size if self.trainer.is_global_zero else None
+            torch.distributed.gather_object(lines, gathered, dst=0)
+            lines = [line for part in gathered for line in part] if gathered is not None else []
         lines.sort(key=lambda line: line["video_id"])
         return lines
 
@@ -299,9 +314,8 @@ class SamPtVisModule(SamPtModule):
             prefix = "val" if stage == "validate" else "test"
             self.log_dict({f"{prefix}/{name}": value for name, value in stats.items()}, rank_zero_only=True)
         self.last_stats = stats
-        self.trainer.strategy.barrier()  # every rank has written its part
+        lines = self._gather_parts()
         if self.trainer.is_global_zero:
-            lines = self._merge_parts()
             entries = [entry for line in lines for entry in line["entries"]]
             count = write_results_json(self.output_dir / "results.json", entries)
             log.info("wrote %s (%d instances, %d videos)", self.output_dir / "results.json", count, len(lines))
@@ -310,16 +324,14 @@ class SamPtVisModule(SamPtModule):
                 with atomic_open(self.output_dir / "ground_truth.json", "w", encoding="utf-8") as handle:
                     json.dump(datamodule.ground_truth, handle)
             with atomic_open(self.output_dir / "vis_metrics.json", "w", encoding="utf-8") as handle:
-                json.dump({"results": stats, "instances_per_video": {str(l["video_id"]): len(l["entries"])
-                                                                     for l in lines},
+                json.dump({"results": stats, "instances_per_video": {str(line["video_id"]): len(line["entries"])
+                                                                     for line in lines},
                            "protocol": self.protocol()}, handle, indent=2, default=str)
             self._log_instances(lines)
             if stats:
                 print(format_stats_table(stats))
-        self.trainer.strategy.barrier()  # rank 0 has read the parts
-        if self.trainer.is_global_zero:
-            for path in self._parts_dir().glob("rank*.jsonl"):
-                path.unlink()
+            with contextlib.suppress(OSError):  # other ranks' parts are gone once they were gathered
+                self._parts_dir().rmdir()
 
     def _log_instances(self, lines: list[dict]) -> None:
         experiment = self._experiment()
@@ -356,7 +368,11 @@ class SamPtVisModule(SamPtModule):
         self._step(video)
 
     def predict_step(self, video: VideoItem, batch_idx: int) -> dict[str, Any]:
-        return {"name": video.name, "video_id": int(video.meta["video_id"]), "entries": self._step(video)}
+        """A per-video summary; the tracks themselves go to ``results.json`` (Lightning keeps
+        every returned prediction in memory until the end)."""
+        entries = self._step(video)
+        return {"name": video.name, "video_id": int(video.meta["video_id"]), "num_instances": len(entries),
+                "scores": [entry["score"] for entry in entries]}
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")

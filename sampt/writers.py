@@ -329,7 +329,11 @@ def write_trajectories(
                         writer.writerow(row)
 
 
-def save_config(path: PathLike, text: str) -> None:
-    """Write ``text`` (e.g. the resolved YAML config) to ``path`` atomically."""
-    with atomic_open(path, "w", encoding="utf-8") as handle:
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, exactly as given (UTF-8, no newline translation)."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write(text)
+
+
+# The resolved config is saved like any other text file.
+save_config = write_text_atomic
