@@ -14,7 +14,7 @@ learnt for a window of 60 frames and linearly resampled to the clip length, so e
 attends over all T frames. Encoder maps (``~8.4 MB`` per frame with the pyramid at 384x512,
 stride 4) and the correlation features (``4 levels x T x N x 49 x 128`` floats) grow linearly
 with T and the number of tracks N, while the time-attention scores grow as ``T^2`` per track;
-they are computed in batches of tracks (``attention_chunk_elements``) so the peak stays bounded,
+they are computed in batches of tracks (``ATTENTION_CHUNK_ELEMENTS``) so the peak stays bounded,
 but compute is quadratic in T. For very long videos prefer the windowed v1 tracker or split the
 clip.
 """
@@ -419,6 +419,7 @@ class CoTracker3Tracker(PointTracker):
         self.support_grid_every_n_frames = support_grid_every_n_frames
         self.reuse_features = reuse_features
         path = resolve_checkpoint_file(checkpoint, checkpoint_path)
+        self.weights_path = path  # recorded (with its md5) next to every result
         self.model = build_cotracker3_offline(path, window_len=window_len or V3_CHECKPOINTS[checkpoint])
 
     @torch.no_grad()
@@ -428,6 +429,8 @@ class CoTracker3Tracker(PointTracker):
         Returns ``(trajectories (B, T, N, 2) float32 input pixels, visibilities (B, T, N) bool)``.
         """
         self.check_inputs(video, queries)
+        # Inputs go to wherever the module was moved; results come back on the input's device.
+        input_device = video.device
         device = next(self.model.parameters()).device
         video, queries = video.to(device), queries.to(device)
         _, num_frames, _, height, width = video.shape
@@ -452,7 +455,7 @@ class CoTracker3Tracker(PointTracker):
         tracks, vis = _merge_backward_before_query(tracks, vis, bwd_tracks.flip(1), bwd_vis.flip(1),
                                                    model_queries[:, :, 0])
         tracks = _unscale_tracks(tracks[:, :, :n], height, width, self.interp_shape)
-        return tracks, vis[:, :, :n] > self.visibility_threshold
+        return tracks.to(input_device), (vis[:, :, :n] > self.visibility_threshold).to(input_device)
 
 
 @TRACKERS.register("cotracker3")
