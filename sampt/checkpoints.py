@@ -133,6 +133,18 @@ CHECKPOINTS: dict[str, Checkpoint] = _table(
         "https://huggingface.co/facebook/cotracker3/resolve/main/scaled_offline.pth",
         None, "tracker", "CoTracker3 offline, window 60 (no published md5)",
     ),
+    # torchvision's published RAFT weights; torchvision pins a sha256 prefix in the file name,
+    # not an md5, so the md5 is recorded on first download like CoTracker3's.
+    Checkpoint(
+        "raft_large_C_T_SKHT_V2", "raft_large_C_T_SKHT_V2-ff5fadd5.pth",
+        "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth",
+        None, "tracker", "RAFT large (torchvision), C+T+S+K+H, v2",
+    ),
+    Checkpoint(
+        "raft_small_C_T_V2", "raft_small_C_T_V2-01064c6d.pth",
+        "https://download.pytorch.org/models/raft_small_C_T_V2-01064c6d.pth",
+        None, "tracker", "RAFT small (torchvision), C+T, v2",
+    ),
 )
 
 # Seconds without data before a download is abandoned (a stalled mirror must not hang a run).

@@ -436,6 +436,7 @@ def test_raft_loads_a_local_checkpoint(tmp_path):
     path = tmp_path / "raft_small.pth"
     torch.save(source.raft.state_dict(), path)
     loaded = RaftTracker(model="raft_small", checkpoint_path=str(path))
+    loaded.prepare()
     for name, value in source.raft.state_dict().items():
         assert torch.equal(loaded.raft.state_dict()[name], value), name
 
@@ -445,62 +446,53 @@ def test_raft_checkpoint_errors_name_the_file(tmp_path):
     missing = tmp_path / "missing_key.pth"
     torch.save({k: v for i, (k, v) in enumerate(state.items()) if i != 0}, missing)
     with pytest.raises(CheckpointError, match="missing_key.pth.*1 missing keys"):
-        RaftTracker(model="raft_small", checkpoint_path=str(missing))
+        RaftTracker(model="raft_small", checkpoint_path=str(missing)).prepare()
     unexpected = tmp_path / "unexpected_key.pth"
     torch.save({**state, "extra.weight": torch.zeros(1)}, unexpected)
     with pytest.raises(CheckpointError, match="unexpected_key.pth.*1 unexpected keys"):
-        RaftTracker(model="raft_small", checkpoint_path=str(unexpected))
+        RaftTracker(model="raft_small", checkpoint_path=str(unexpected)).prepare()
     wrong_shape = tmp_path / "wrong_shape.pth"
     first = next(iter(state))
     torch.save({**state, first: torch.zeros(1)}, wrong_shape)
     with pytest.raises(CheckpointError, match="wrong_shape.pth.*wrong shape"):
-        RaftTracker(model="raft_small", checkpoint_path=str(wrong_shape))
+        RaftTracker(model="raft_small", checkpoint_path=str(wrong_shape)).prepare()
     with pytest.raises(CheckpointError, match="small_into_large.pth"):
         torch.save(state, tmp_path / "small_into_large.pth")
-        RaftTracker(model="raft_large", checkpoint_path=str(tmp_path / "small_into_large.pth"))
+        RaftTracker(model="raft_large", checkpoint_path=str(tmp_path / "small_into_large.pth")).prepare()
     with pytest.raises(CheckpointError, match="nowhere.pth.*does not exist"):
-        RaftTracker(model="raft_small", checkpoint_path=str(tmp_path / "nowhere.pth"))
+        RaftTracker(model="raft_small", checkpoint_path=str(tmp_path / "nowhere.pth")).prepare()
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="garbage.pth"):
-        RaftTracker(model="raft_small", checkpoint_path=str(garbage))
+        RaftTracker(model="raft_small", checkpoint_path=str(garbage)).prepare()
 
 
-def test_raft_published_weights_are_requested_from_torchvision(monkeypatch):
-    """The download itself cannot run here: torchvision's loader is replaced by one that records
-    the URL and returns random weights, to check which weights a name selects and that they load."""
-    import torchvision.models._api as torchvision_weights_api
+def test_raft_published_weights_resolve_through_the_registry(monkeypatch, tmp_path):
+    """torchvision's weights are registry checkpoints: found in the cache (md5 recorded on first
+    use, as they publish none), and offline the error names the file and its URL."""
+    import sampt.checkpoints as checkpoints
 
+    monkeypatch.setenv("SAMPT_CACHE", str(tmp_path))
     torch.manual_seed(4)
     state = RaftTracker(model="raft_small").raft.state_dict()
-    requested = []
-
-    def fake_load_state_dict_from_url(url, *args, **kwargs):
-        requested.append(url)
-        return state
-
-    monkeypatch.setattr(torchvision_weights_api, "load_state_dict_from_url", fake_load_state_dict_from_url)
-    tracker = RaftTracker(model="raft_small", weights="Raft_Small_Weights.C_T_V2")
-    assert len(requested) == 1 and requested[0].endswith("raft_small_C_T_V2-01064c6d.pth")
+    torch.save(state, tmp_path / "raft_small_C_T_V2-01064c6d.pth")
+    tracker = RaftTracker(model="raft_small", checkpoint="raft_small_C_T_V2")
+    with pytest.warns(UserWarning):
+        tracker.prepare()
+    assert tracker.weights_path == str(tmp_path / "raft_small_C_T_V2-01064c6d.pth")
     assert all(torch.equal(tracker.raft.state_dict()[name], value) for name, value in state.items())
-    with pytest.raises(ValueError, match="either weights"):
-        RaftTracker(model="raft_small", weights="C_T_V2", checkpoint_path="raft.pth")
 
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torchvision_weights_api, "load_state_dict_from_url", offline)
-    with pytest.raises(CheckpointError, match=r"raft_small_C_T_V1-ad48884c\.pth.*checkpoint_path"):
-        RaftTracker(model="raft_small", weights="C_T_V1")
+    monkeypatch.setattr(checkpoints, "_urlopen", offline)
+    with pytest.raises(CheckpointError, match=r"raft_large_C_T_SKHT_V2-ff5fadd5\.pth"):
+        RaftTracker(model="raft_large", checkpoint="raft_large_C_T_SKHT_V2").prepare()
 
 
-def test_raft_rejects_unknown_weights_and_models():
-    with pytest.raises(ValueError, match="C_T_SKHT_V2"):
-        RaftTracker(model="raft_large", weights="NOT_A_WEIGHT")
-    with pytest.raises(ValueError, match="C_T_V2"):
-        RaftTracker(model="raft_small", weights="C_T_SKHT_V2")  # a raft_large weight
-    with pytest.raises(ValueError, match="Raft_Large_Weights.C_T_V2"):
-        RaftTracker(model="raft_small", weights="Raft_Large_Weights.C_T_V2")  # right member, wrong model
+def test_raft_rejects_unknown_checkpoints_and_models():
+    with pytest.raises(CheckpointError, match="raft_small_C_T_V2"):
+        RaftTracker(model="raft_small", checkpoint="raft_tiny").prepare()
     with pytest.raises(ValueError, match="raft_small"):
         RaftTracker(model="raft_medium")
 
@@ -512,15 +504,16 @@ def test_raft_rejects_unknown_weights_and_models():
 def test_tracker_configs_instantiate_through_jsonargparse(name):
     import yaml
     from jsonargparse import ArgumentParser
-    from torchvision.models.optical_flow import Raft_Large_Weights
 
     path = Path(__file__).resolve().parents[1] / "configs" / "tracker" / f"{name}.yaml"
     section = yaml.safe_load(path.read_text())["model"]["tracker"]
     init_args = dict(section.get("init_args") or {})
     if name == "raft":
-        # The shipped config names torchvision's published weights; they cannot be downloaded here.
-        assert init_args["weights"] in Raft_Large_Weights.__members__
-        section = {**section, "init_args": {**init_args, "weights": None}}
+        # The shipped config names torchvision's published weights (loaded by prepare(), which
+        # is not called here: they cannot be downloaded on this machine).
+        from sampt.checkpoints import CHECKPOINTS
+
+        assert init_args["checkpoint"] in CHECKPOINTS
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--tracker", type=PointTracker)
     config = parser.parse_object({"tracker": section})
@@ -528,7 +521,7 @@ def test_tracker_configs_instantiate_through_jsonargparse(name):
     tracker = instantiate(config).tracker
     assert type(tracker) is {"lk": LucasKanadeTracker, "raft": RaftTracker, "static": StaticTracker}[name]
     for option, value in init_args.items():
-        if hasattr(tracker, option) and option != "weights":
+        if hasattr(tracker, option):
             assert getattr(tracker, option) == value, option
 
 

@@ -92,11 +92,12 @@ class RaftTracker(PointTracker):
 
     Args:
         model: ``"raft_large"`` or ``"raft_small"``.
-        weights: name of a torchvision weights enum member of that model (``"C_T_SKHT_V2"`` or
-            ``"Raft_Large_Weights.C_T_SKHT_V2"``; raft_small has ``C_T_V1``/``C_T_V2``), downloaded by
-            torchvision; None for random initialisation (or when ``checkpoint_path`` is given).
-        checkpoint_path: local ``.pth`` state dict of the model, loaded strictly with
-            ``weights_only=True``; errors raise :class:`~sampt.errors.CheckpointError`.
+        checkpoint: registry name of torchvision's published weights (``raft_large_C_T_SKHT_V2``,
+            ``raft_small_C_T_V2``; see ``sampt checkpoints``), resolved like every checkpoint
+            (cache, download, checks); None with no ``checkpoint_path``: random initialisation.
+        checkpoint_path: local ``.pth`` state dict of the model (takes precedence), loaded strictly
+            with ``weights_only=True``; errors raise :class:`~sampt.errors.CheckpointError`.
+        Weights load in :meth:`prepare` (called before the first video, or by the first call).
         num_flow_updates: RAFT's recurrent refinement iterations per flow.
         batch_size: number of frame pairs (per video) whose flows are computed in one RAFT call.
         downscale: compute flows on frames downscaled by this factor (>= 1); flows are rescaled.
@@ -105,7 +106,7 @@ class RaftTracker(PointTracker):
     def __init__(
         self,
         model: str = "raft_large",
-        weights: Optional[str] = None,
+        checkpoint: Optional[str] = None,
         checkpoint_path: Optional[str] = None,
         num_flow_updates: int = 12,
         batch_size: int = 4,
@@ -114,39 +115,34 @@ class RaftTracker(PointTracker):
         super().__init__()
         if model not in _ARCHITECTURES:
             raise ValueError(f"RaftTracker model must be one of {sorted(_ARCHITECTURES)}, got {model!r}")
-        if weights is not None and checkpoint_path is not None:
-            raise ValueError("RaftTracker takes either weights (torchvision) or checkpoint_path (local file), not both")
         if int(num_flow_updates) != num_flow_updates or num_flow_updates < 1:
             raise ValueError(f"RaftTracker num_flow_updates must be an integer >= 1, got {num_flow_updates}")
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"RaftTracker batch_size must be an integer >= 1, got {batch_size}")
         if not downscale >= 1:
             raise ValueError(f"RaftTracker downscale must be >= 1, got {downscale}")
-        builder, weights_enum = _ARCHITECTURES[model]
-        weights_member = None
-        if weights is not None:
-            enum_name, _, member_name = weights.rpartition(".")
-            if member_name not in weights_enum.__members__ or enum_name not in ("", weights_enum.__name__):
-                valid = ", ".join(weights_enum.__members__)
-                raise ValueError(f"RaftTracker weights for {model} must be one of {valid} (or None), got {weights!r}")
-            weights_member = weights_enum[member_name]
+        builder, _ = _ARCHITECTURES[model]
         self.model_name = model
+        self.checkpoint = checkpoint
+        self.checkpoint_path = checkpoint_path
         self.num_flow_updates = int(num_flow_updates)
         self.batch_size = int(batch_size)
         self.downscale = float(downscale)
-        try:
-            self.raft = builder(weights=weights_member, progress=False)
-        except (OSError, RuntimeError) as error:  # no network, interrupted download, hash mismatch
-            if weights_member is None:
-                raise
-            raise CheckpointError(
-                f"RaftTracker could not get torchvision's {model} weights {weights_member} from "
-                f"{weights_member.url}: {error}. Download that file by hand and pass its path as "
-                "checkpoint_path (with weights: null)."
-            ) from error
-        if checkpoint_path is not None:
-            load_raft_state_dict(self.raft, os.fspath(checkpoint_path))
+        self.weights_path: Optional[str] = None
+        self.raft = builder(weights=None, progress=False)
         self.raft.eval()
+
+    def prepare(self) -> None:
+        """Load the weights: ``checkpoint_path`` if given, else the registry's ``checkpoint``
+        (cache, then download with the same checks and errors as every checkpoint); with
+        neither, RAFT keeps its random initialisation (tests, benchmarks)."""
+        if self.weights_path is not None or (self.checkpoint is None and self.checkpoint_path is None):
+            return
+        from sampt.checkpoints import resolve_checkpoint
+
+        path = os.fspath(resolve_checkpoint(self.checkpoint, self.checkpoint_path))
+        load_raft_state_dict(self.raft, path)
+        self.weights_path = path
 
     def train(self, mode: bool = True) -> "RaftTracker":
         """The tracker is inference-only: RAFT's batch norm layers always stay in eval mode."""
@@ -197,6 +193,7 @@ class RaftTracker(PointTracker):
         pixels on the video's device; each query frame holds the query position.
         """
         self.check_inputs(video, queries)
+        self.prepare()
         parameter_device = next(self.raft.parameters()).device
         if parameter_device != video.device:
             raise ValueError(
