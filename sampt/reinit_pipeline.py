@@ -33,17 +33,20 @@ points differ from the original's global NumPy state. The video score counts onl
 frames (as plain SAM-PT's ``video_scores``); the original's ``nanmean`` would give ``-inf`` as
 soon as one frame had no visible point.
 
-Memory, bounded for long videos: float logits exist only for the window being segmented. To
-emit the frames in order, each frame keeps, per object, SAM's final *low-resolution* logits
-(``(1, 4h', 4w')`` float32 where ``h' x w'`` is the image-embedding grid: ``(1, 256, 256)`` for
-1024-px SAMs, i.e. **262,144 bytes per object-frame**, plus 10 bytes of flags and score),
-re-upscaled with ``SamModel.upscale_logits`` and ``resize_logits`` when the frame is emitted
-(bit-identical to the logits SAM-PT computed, see the tests). Frames are kept from the moment
-a window writes them until they are emitted: at most ``reinit_horizon`` frames of the forward
-pass, plus, for objects queried after frame 0, the frames before their query frame (from the
-backward pass). Each kept frame holds a row for every object of the video. Image embeddings of
-recent frames are cached (LRU, at most ``reinit_embedding_cache_mib``): consecutive windows
-overlap, so without the cache most frames would be encoded about twice per pass.
+Memory, bounded for long videos: float logits at frame size exist only for the frame being
+segmented or emitted. To emit the frames in order, each frame keeps, per object, SAM's final
+*low-resolution* logits (``(1, 4h', 4w')`` float32, ``h' x w'`` the image-embedding grid:
+``(1, 256, 256)`` for the 1024-px SAMs, i.e. **262,144 bytes per object-frame**, plus a 1-byte
+flag), re-upscaled with ``SamModel.upscale_logits`` and ``resize_logits`` when the frame is
+emitted: bit-identical to the logits plain SAM-PT emits (tested). Scores, trajectories and
+visibilities are kept for the whole video (a few bytes per point-frame). A frame is kept from
+the first window that writes it until it is emitted: at most ``reinit_horizon`` frames of the
+forward pass, plus, for objects queried after frame 0, the frames before their query frame
+(from the backward pass); each kept frame has a row for every object of the video. So the peak
+is about ``(reinit_horizon + max query frame) * M * 256 KiB`` (e.g. 24 frames x 5 objects = 30 MiB).
+Image embeddings of recent frames are cached (LRU, at most ``reinit_embedding_cache_mib`` on the
+SAM device): consecutive windows overlap, so without the cache most frames would be encoded
+about twice per pass.
 
 Shapes: frames ``(T, 3, H, W) uint8`` input resolution; M objects, P points; trajectories
 ``(T, M, P, 2) float32`` (x, y); visibilities ``(T, M, P) bool``; emitted logits ``(M, h, w)``
@@ -104,6 +107,11 @@ class WindowSegmentation:
 
 class WindowSegmenter(ABC):
     """Segments the frames of one window from the window's tracks."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where ``frame_logits`` computes (emitted logits are built there)."""
+        return torch.device("cpu")
 
     @abstractmethod
     def segment(self, frame_indices: Sequence[int], frames: torch.Tensor, object_indices: Sequence[int],
@@ -207,6 +215,10 @@ class SamWindowSegmenter(WindowSegmenter):
         self._prompters: dict[tuple[int, int], _LowResRecordingPrompter] = {}
         self._sizes: Optional[tuple[tuple[int, int], tuple[int, int]]] = None
 
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
     def _prompter(self, num_positive: int, num_points: int) -> _LowResRecordingPrompter:
         key = (num_positive, num_points - num_positive)
         if key not in self._prompters:
@@ -302,12 +314,10 @@ class WindowRecord:
 
 @dataclass
 class _FrameSlot:
-    """Everything kept for one frame until it is emitted (rows for all M objects)."""
+    """A frame's masks, kept until the frame is emitted (rows for all M objects)."""
 
     compact: torch.Tensor  # (M, *C) float32
     kept: torch.Tensor  # (M,) bool
-    scores: torch.Tensor  # (M,) float32
-    has_score: torch.Tensor  # (M,) bool
 
 
 @dataclass
@@ -344,7 +354,7 @@ class _Emitter:
         tic = time.perf_counter()
         slot = self.state.slots.pop(t, None)
         num_objects = self.state.scores.shape[1]
-        device = getattr(getattr(self.segmenter, "sam", None), "device", torch.device("cpu"))
+        device = self.segmenter.device
         logits = torch.full((num_objects, self.height, self.width), float("-inf"), device=device)
         if slot is not None and bool(slot.kept.any()):
             rows = torch.nonzero(slot.kept)[:, 0]
@@ -474,8 +484,7 @@ class _ReinitPass:
             slot = state.slots.get(t)
             if slot is None:
                 compact_shape = tuple(segmentation.compact_logits.shape[2:])
-                slot = _FrameSlot(torch.zeros(num_objects, *compact_shape), torch.zeros(num_objects, dtype=torch.bool),
-                                  torch.full((num_objects,), float("-inf")), torch.zeros(num_objects, dtype=torch.bool))
+                slot = _FrameSlot(torch.zeros(num_objects, *compact_shape), torch.zeros(num_objects, dtype=torch.bool))
                 state.slots[t] = slot
             slot.compact[targets] = segmentation.compact_logits[i, rows]
             slot.kept[targets] = segmentation.kept[i, rows]
