@@ -45,7 +45,7 @@ class SamPtConfig:
             of this many, as in the original, which segments objects in batches (VOS: 5).
         point_tracker_mask_batch_size: objects whose points are tracked in one tracker call.
         frame_batch_size: frames embedded per image-encoder call (more = faster on GPU, more memory).
-        decoder_batch_size: prompts per mask-decoder call.
+        decoder_batch_size: prompts per mask-decoder call; None: 64 on CUDA, 1 on CPU.
         refinement_box_in_frame_pixels: reproduce the original's box coordinates (see prompting).
         use_patch_matching_filtering, patch_size, patch_similarity_threshold,
         patch_matching_color_order: the optional patch-matching filter (original's BGR->LAB
@@ -69,7 +69,7 @@ class SamPtConfig:
     sam_iou_threshold: float = 0.7
     refinement_box_in_frame_pixels: bool = True
     frame_batch_size: int = 1
-    decoder_batch_size: int = 64
+    decoder_batch_size: Optional[int] = None
     use_patch_matching_filtering: bool = False
     patch_size: int = 3
     patch_similarity_threshold: float = 0.01

@@ -27,7 +27,8 @@ def run_case(sam, case, **overrides):
 @pytest.mark.parametrize("batch_prompts", [True, False])
 @pytest.mark.parametrize("case", CASES)
 def test_matches_original_outputs(tiny_sam, case, batch_prompts):
-    data, masks, scores = run_case(tiny_sam, case, batch_prompts=batch_prompts)
+    # decoder_batch_size is explicit: the CPU default (1 prompt per call) would not batch.
+    data, masks, scores = run_case(tiny_sam, case, batch_prompts=batch_prompts, decoder_batch_size=64)
     reference = data["masks"]
     agreement = (masks == reference).float().mean(dim=(2, 3))  # per object and frame
     assert agreement.min().item() >= 0.999, f"worst agreement {agreement.min().item():.5f}"
@@ -44,7 +45,8 @@ def test_matches_original_outputs(tiny_sam, case, batch_prompts):
 def test_vectors_pin_the_frame_pixel_refinement_box(tiny_sam):
     """Mapping the refinement box to SAM's input frame (the 'fixed' variant) changes the masks,
     so the default really reproduces the original's quirk rather than passing by accident."""
-    data, masks, _ = run_case(tiny_sam, "A_neg_other_refine12", refinement_box_in_frame_pixels=False)
+    data, masks, _ = run_case(tiny_sam, "A_neg_other_refine12", refinement_box_in_frame_pixels=False,
+                              decoder_batch_size=64)
     agreement = (masks == data["masks"]).float().mean(dim=(2, 3))
     assert agreement.min().item() < 0.999
 
@@ -55,7 +57,8 @@ def test_padding_is_masked_not_neutral(tiny_sam):
     embedding = tiny_sam.embed_frames(data["frames"][:1])[0]
     points = data["trajectories"][0, 0]
     prompts = [PointPrompt(points[:n], torch.ones(n, dtype=torch.int64)) for n in (1, 3, 6)]
-    config = PromptingConfig(negative_points_per_mask=0, iterative_refinement_iterations=0, sam_iou_threshold=-1)
+    config = PromptingConfig(negative_points_per_mask=0, iterative_refinement_iterations=0, sam_iou_threshold=-1,
+                             decoder_batch_size=64)
     batched = SamPrompter(tiny_sam, config).predict_frame(embedding, prompts)
     single = SamPrompter(tiny_sam, PromptingConfig(**{**vars(config), "batch_prompts": False})).predict_frame(
         embedding, prompts)

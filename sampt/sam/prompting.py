@@ -53,8 +53,10 @@ class PromptingConfig:
         iterative_refinement_iterations: box refinement calls after the point prompt.
         sam_iou_threshold: masks with a lower predicted IoU are emptied.
         refinement_box_in_frame_pixels: reproduce the original's box coordinates (see module doc).
-        decoder_batch_size: most prompts per decoder call (bounds memory: about 4 MB each for
-            a 64x64x256 embedding in float32).
+        decoder_batch_size: most prompts per mask-decoder call (bounds memory: about 4 MB each for
+            a 64x64x256 embedding in float32). None: 64 on CUDA, 1 on CPU, where batching does not
+            pay (measured: a batch of 5 full-size prompts costs about 2x their separate calls, as
+            the working set leaves the CPU caches; see benchmarks/bench_prompting.py).
         batch_prompts: False runs one decoder call per object (the reference loop; for checks).
     """
 
@@ -66,7 +68,7 @@ class PromptingConfig:
     iterative_refinement_iterations: int = 12
     sam_iou_threshold: float = 0.7
     refinement_box_in_frame_pixels: bool = True
-    decoder_batch_size: int = 64
+    decoder_batch_size: Optional[int] = None
     batch_prompts: bool = True
 
     def __post_init__(self) -> None:
@@ -74,8 +76,8 @@ class PromptingConfig:
             raise ValueError("positive_points_per_mask and negative_points_per_mask must be >= 0")
         if self.iterative_refinement_iterations < 0:
             raise ValueError("iterative_refinement_iterations must be >= 0")
-        if self.decoder_batch_size < 1:
-            raise ValueError("decoder_batch_size must be >= 1")
+        if self.decoder_batch_size is not None and self.decoder_batch_size < 1:
+            raise ValueError("decoder_batch_size must be >= 1 or null")
         if self.masks_batch_size is not None and self.masks_batch_size < 1:
             raise ValueError("masks_batch_size must be >= 1 or null")
 
@@ -166,7 +168,7 @@ def _masked_attention(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v:
 
 
 def _masked_two_way_transformer(transformer: nn.Module, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                                point_embedding: torch.Tensor, token_valid: torch.Tensor
+                                point_embedding: torch.Tensor, token_valid: Optional[torch.Tensor]
                                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``TwoWayTransformer.forward`` where padded tokens are never attended to.
 
@@ -196,7 +198,7 @@ def _masked_two_way_transformer(transformer: nn.Module, image_embedding: torch.T
 
 
 def _masked_decode(decoder: nn.Module, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                   sparse: torch.Tensor, token_valid: torch.Tensor, dense: torch.Tensor
+                   sparse: torch.Tensor, token_valid: Optional[torch.Tensor], dense: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``MaskDecoder.predict_masks`` on padded prompts; returns the single-mask output.
 
@@ -206,7 +208,9 @@ def _masked_decode(decoder: nn.Module, image_embedding: torch.Tensor, image_pe: 
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
     tokens = torch.cat([output_tokens, sparse], dim=1)
-    valid = torch.cat([token_valid.new_ones(batch, output_tokens.shape[1]), token_valid], dim=1)
+    valid = None  # no padding: nothing to mask
+    if token_valid is not None:
+        valid = torch.cat([token_valid.new_ones(batch, output_tokens.shape[1]), token_valid], dim=1)
     src = image_embedding.expand(batch, -1, -1, -1) + dense
     pos_src = image_pe.expand(batch, -1, -1, -1)
     b, c, h, w = src.shape
@@ -283,7 +287,7 @@ class SamPrompter:
                     tokens[row, : sparse[i].shape[0]] = sparse[i]
                     valid[row, : sparse[i].shape[0]] = True
                 masks, iou = _masked_decode(self.sam.sam.mask_decoder, embedding.features, image_pe,
-                                            tokens, valid, dense)
+                                            tokens, None if valid.all() else valid, dense)
             calls += 1
             for row, i in enumerate(group):
                 low_res[i], ious[i] = masks[row : row + 1], iou[row, 0]
@@ -295,7 +299,11 @@ class SamPrompter:
         Masked decoding batches everything (up to ``decoder_batch_size``); HQ-SAM batches only
         prompts with equal token counts; ``batch_prompts=False`` makes one call per prompt.
         """
-        size = self.config.decoder_batch_size if self.config.batch_prompts else 1
+        size = self.config.decoder_batch_size
+        if size is None:
+            size = 64 if self.sam.device.type == "cuda" else 1
+        if not self.config.batch_prompts:
+            size = 1
         if self.sam.hq:
             by_length: dict[int, list[int]] = {}
             for i, tokens in enumerate(sparse):
