@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from sampt.merge import VosMerger
 from sampt.metrics.jf import DavisJF, evaluate_sequence, official_sequence_rows
-from sampt.pipeline import SamPt, SamPtConfig, SamPtResult
+from sampt.pipeline import SamPt, SamPtConfig, SamPtResult, output_scale
 from sampt.sam.backends import SamConfig
 from sampt.sam.model import SamModel
 from sampt.trackers.base import PointTracker
@@ -199,9 +199,8 @@ class SamPtModule(pl.LightningModule):
             return
         from sampt.overlay import overlay_strip, render_overlay, write_gif, write_mp4, write_png
 
-        scale = result.trajectories.new_tensor(
-            [video.frames.shape[-1] / video.output_size[1], video.frames.shape[-2] / video.output_size[0]])
-        trajectories = (result.trajectories * scale).numpy()
+        to_input = 1 / output_scale(tuple(video.frames.shape[-2:]), video.output_size)
+        trajectories = (result.trajectories * to_input).numpy()
         palette = video.palette or davis_palette()
         num_positive = result.queries.num_positive
         object_ids = [o.object_id for o in video.objects]

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from sampt.eval_vis import format_stats_table, masks_to_rles, write_results_json
 from sampt.lightning import SamPtModule
-from sampt.pipeline import SamPtConfig, SamPtResult
+from sampt.pipeline import SamPtConfig, SamPtResult, output_scale
 from sampt.proposals import ProposalConfig, propose_masks
 from sampt.sam.backends import SamConfig
 from sampt.trackers.base import PointTracker
@@ -227,9 +227,8 @@ class SamPtVisModule(SamPtModule):
         num_positive = None
         results = extra["results"]
         if results:
-            scale = torch.tensor([video.frames.shape[-1] / video.output_size[1],
-                                  video.frames.shape[-2] / video.output_size[0]])
-            trajectories = (torch.cat([r.trajectories for r in results], 1) * scale).numpy()
+            to_input = 1 / output_scale(tuple(video.frames.shape[-2:]), video.output_size)
+            trajectories = (torch.cat([r.trajectories for r in results], 1) * to_input).numpy()
             visibilities = torch.cat([r.visibilities for r in results], 1).numpy()
             reasons = torch.cat([r.reasons for r in results], 1).numpy()
             num_positive = results[0].queries.num_positive

@@ -197,13 +197,15 @@ def video_rng(seed: int, video_name: str) -> np.random.Generator:
     return np.random.default_rng([seed, int(digest.sum()), len(video_name), *digest[:16].tolist()])
 
 
-def output_scale(input_hw: tuple[int, int], output_hw: tuple[int, int]) -> float:
-    """The isotropic factor mapping input pixels to output pixels (the one place this is decided)."""
+def output_scale(input_hw: tuple[int, int], output_hw: tuple[int, int]) -> torch.Tensor:
+    """``(2,)`` factors ``(sx, sy)`` mapping input (x, y) pixels to output pixels: the one place
+    this is decided. The resize must be isotropic up to the rounding of the resized sides (1%),
+    and each axis uses its own factor, so a point maps exactly as the frame does."""
     sy, sx = output_hw[0] / input_hw[0], output_hw[1] / input_hw[1]
     if abs(sy - sx) > 0.01 * max(sy, sx):
         raise ValueError(f"input frames {input_hw} and output size {output_hw} differ in aspect ratio; "
                          "SAM-PT resizes isotropically")
-    return sx
+    return torch.tensor([sx, sy], dtype=torch.float32)
 
 
 class SamPt:

@@ -135,7 +135,9 @@ def test_resize_logits_keeps_empty_masks_finite():
 
 
 def test_output_scale_must_be_isotropic():
-    assert output_scale((240, 427), (480, 854)) == pytest.approx(2.0, rel=1e-3)
+    assert output_scale((240, 427), (480, 854)).tolist() == [2.0, 2.0]
+    # Rounded sides: each axis keeps its own factor.
+    assert output_scale((135, 240), (480, 854)).tolist() == pytest.approx([854 / 240, 480 / 135])
     with pytest.raises(ValueError, match="aspect ratio"):
         output_scale((240, 427), (480, 480))
 
