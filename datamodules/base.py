@@ -6,12 +6,10 @@ that reads one video lazily per item and returns a ``sampt.video.VideoItem``.
 """
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Iterator, Optional, Sequence
 
 import lightning.pytorch as pl
-import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 

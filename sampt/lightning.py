@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from sampt.merge import VosMerger
-from sampt.metrics.jf import DavisJF, evaluate_sequence, official_sequence_rows
+from sampt.metrics.jf import DavisJF, official_sequence_rows
 from sampt.pipeline import SamPt, SamPtConfig, SamPtResult, output_scale
 from sampt.sam.backends import SamConfig
 from sampt.sam.model import SamModel

@@ -68,7 +68,7 @@ from sampt.pipeline import (FrameOutput, Queries, SamPt, SamPtResult, Tracks, ou
 from sampt.query_points import sample_points
 from sampt.reinit import all_missing, select_reinit_entries
 from sampt.sam.model import ImageEmbedding, SamModel
-from sampt.sam.prompting import FramePrediction, PointPrompt, PromptingConfig, SamPrompter, build_point_prompts
+from sampt.sam.prompting import SamPrompter, build_point_prompts
 from sampt.video import VideoItem
 from sampt.visibility import VisibilityReason
 
@@ -134,40 +134,6 @@ class WindowSegmenter(ABC):
         """``(K, *C)`` compact logits -> ``(K, H, W) float32`` logits at input resolution."""
 
 
-class _LowResRecordingPrompter(SamPrompter):
-    """``SamPrompter`` that also returns each object's final low-resolution logits.
-
-    ``predict_frame`` decodes the objects' own ``PointPrompt`` instances in its point-prompt call
-    and in every refinement call (the positive-only first call uses new prompt objects), so the
-    last low-resolution output decoded for an object's prompt instance is the one its frame
-    logits were upscaled from.
-    """
-
-    def __init__(self, sam: SamModel, config: PromptingConfig):
-        super().__init__(sam, config)
-        self._object_of_prompt: dict[int, int] = {}
-        self._latest_low_res: dict[int, torch.Tensor] = {}
-
-    def predict_with_low_res(self, embedding: ImageEmbedding, prompts: list[PointPrompt]
-                             ) -> tuple[FramePrediction, dict[int, torch.Tensor]]:
-        """``predict_frame`` plus ``{object: (1, 4h', 4w') float32 low-res logits}`` for prompted objects."""
-        self._object_of_prompt = {id(prompt): m for m, prompt in enumerate(prompts)}
-        self._latest_low_res = {}
-        try:
-            prediction = self.predict_frame(embedding, prompts)
-            return prediction, self._latest_low_res
-        finally:
-            self._object_of_prompt, self._latest_low_res = {}, {}
-
-    def _decode(self, embedding, prompts, boxes, mask_inputs):
-        low_res, iou, calls = super()._decode(embedding, prompts, boxes, mask_inputs)
-        for row, prompt in enumerate(prompts):
-            m = self._object_of_prompt.get(id(prompt))
-            if m is not None:
-                self._latest_low_res[m] = low_res[row]
-        return low_res, iou, calls
-
-
 class EmbeddingCache:
     """LRU cache of image embeddings by frame index, bounded in bytes (0 disables it)."""
 
@@ -212,17 +178,17 @@ class SamWindowSegmenter(WindowSegmenter):
         self.pipeline = pipeline
         self.sam: SamModel = pipeline.sam
         self.cache = EmbeddingCache(embedding_cache_bytes)
-        self._prompters: dict[tuple[int, int], _LowResRecordingPrompter] = {}
+        self._prompters: dict[tuple[int, int], SamPrompter] = {}
         self._sizes: Optional[tuple[tuple[int, int], tuple[int, int]]] = None
 
     @property
     def device(self) -> torch.device:
         return self.sam.device
 
-    def _prompter(self, num_positive: int, num_points: int) -> _LowResRecordingPrompter:
+    def _prompter(self, num_positive: int, num_points: int) -> SamPrompter:
         key = (num_positive, num_points - num_positive)
         if key not in self._prompters:
-            self._prompters[key] = _LowResRecordingPrompter(self.sam, self.pipeline.config.prompting(*key))
+            self._prompters[key] = SamPrompter(self.sam, self.pipeline.config.prompting(*key))
         return self._prompters[key]
 
     def _embeddings(self, frame_indices: Sequence[int], frames: torch.Tensor, timings: dict[str, float]
@@ -258,7 +224,8 @@ class SamWindowSegmenter(WindowSegmenter):
             tic = time.perf_counter()
             prompts = build_point_prompts(tracks.trajectories[i].to(device), tracks.visibilities[i].to(device),
                                           prompter.config, rng)
-            prediction, low_res = prompter.predict_with_low_res(embedding, prompts)
+            prediction = prompter.predict_frame(embedding, prompts)
+            low_res = {m: prediction.low_res_logits[m] for m in range(num_objects) if prediction.has_score[m]}
             calls += prediction.num_decoder_calls
             # The prompter empties a mask by filling it with -inf: that is the one rule to follow.
             frame_kept = ~torch.isneginf(prediction.logits.flatten(1)).all(dim=1)

@@ -31,7 +31,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sampt.sam.model import ImageEmbedding, SamModel
@@ -102,12 +101,16 @@ class FramePrediction:
         scores: ``(M,) float32`` predicted IoU of the final mask; ``-inf`` where no prompt.
         has_score: ``(M,) bool`` whether the object was prompted (its score counts).
         num_decoder_calls: mask-decoder forward calls made (for benchmarks).
+        low_res_logits: ``(M, 1, 4h', 4w') float32`` SAM's final low-resolution logits, from
+            which ``logits`` were upscaled (zeros for unprompted objects; the IoU threshold is
+            applied to ``logits`` only). SAM-PT-reinit keeps these instead of frame-size logits.
     """
 
     logits: torch.Tensor
     scores: torch.Tensor
     has_score: torch.Tensor
     num_decoder_calls: int = 0
+    low_res_logits: Optional[torch.Tensor] = None
 
 
 def build_point_prompts(
@@ -326,7 +329,7 @@ class SamPrompter:
         has_score = torch.zeros(num_objects, dtype=torch.bool, device=device)
         active = [m for m in range(num_objects) if len(prompts[m]) > 0]
         if not active:
-            return FramePrediction(logits, scores, has_score, 0)
+            return FramePrediction(logits, scores, has_score, 0, None)
         calls = 0
         object_prompts = [prompts[m] for m in active]
         mask_inputs = None
@@ -352,12 +355,14 @@ class SamPrompter:
             index = torch.as_tensor(refining, device=device)
             low_res[index], iou[index], frame_logits[index] = new_low_res, new_iou, new_logits
 
+        all_low_res = low_res.new_zeros((num_objects, *low_res.shape[1:]))
         for row, m in enumerate(active):
             scores[m] = iou[row]
             has_score[m] = True
+            all_low_res[m] = low_res[row]
             if iou[row] >= config.sam_iou_threshold:
                 logits[m] = frame_logits[row]
-        return FramePrediction(logits, scores, has_score, calls)
+        return FramePrediction(logits, scores, has_score, calls, all_low_res)
 
 
 def _tight_box(mask: torch.Tensor) -> torch.Tensor:

@@ -57,9 +57,6 @@ class PointTracker(nn.Module, ABC):
 
 
 def build_tracker(name: str, **kwargs) -> PointTracker:
-    """Build a registered tracker by name (``TRACKERS.names()`` lists them)."""
-    # Import the tracker modules lazily so that registering has no import-time cost for users
-    # who never touch trackers, and optional heavy dependencies load only when asked for.
-    from sampt import trackers as _  # noqa: F401  (registers the built-in trackers)
-
+    """Build a registered tracker by name (``TRACKERS.names()`` lists them; the package
+    ``sampt.trackers``, imported before this module, registers the built-in ones)."""
     return TRACKERS.build(name, **kwargs)
