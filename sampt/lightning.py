@@ -24,7 +24,7 @@ from sampt.sam.model import SamModel
 from sampt.trackers.base import PointTracker
 from sampt.video import VideoItem, davis_palette
 from sampt.writers import (atomic_open, sequence_is_complete, write_object_pngs, write_sequence_pngs,
-                           write_trajectories, zip_annotations)
+                           write_trajectories, zip_annotations, zip_sequences)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,10 @@ class SamPtModule(pl.LightningModule):
         write_overlay_mp4: also write an overlay video (mp4) of those videos.
         save_object_pngs: also write one binary PNG per object and frame
             (``<output_dir>/<video>/<object id>/<frame>.png``).
-        zip_results: after the run, zip the PNGs as evaluation servers expect
-            (``Annotations/<video>/<frame>.png``) into ``<output_dir's parent>/submission.zip``.
+        zip_results: after the run, zip the PNGs as evaluation servers expect into
+            ``<output_dir's parent>/submission.zip``: ``Annotations/<video>/<frame>.png`` when
+            ``output_dir`` is an ``Annotations`` folder (YouTube-VOS, MOSE), else
+            ``<video>/<frame>.png`` (DAVIS test-dev).
         frame_progress_min_frames: show a per-frame progress bar for videos at least this long.
     """
 
@@ -262,7 +264,10 @@ class SamPtModule(pl.LightningModule):
             self.trainer.strategy.barrier()  # every rank has written its videos
             if self.trainer.is_global_zero:
                 zip_path = self.output_dir.parent / "submission.zip"
-                members = zip_annotations(self.output_dir, zip_path)
+                if self.output_dir.name == "Annotations" or (self.output_dir / "Annotations").is_dir():
+                    members = zip_annotations(self.output_dir, zip_path)  # YouTube-VOS, MOSE
+                else:
+                    members = zip_sequences(self.output_dir, zip_path)  # DAVIS: sequences at the top
                 log.info("wrote %s (%d PNGs)", zip_path, len(members))
 
     def on_test_epoch_end(self) -> None:
@@ -273,7 +278,8 @@ class SamPtModule(pl.LightningModule):
             return
         table = {k: float(v) for k, v in self.jf.compute().items()}
         per_sequence = self.jf.per_sequence_table()
-        self.log_dict({f"test/{k}": v for k, v in table.items()}, rank_zero_only=True)
+        stage = "val" if self.trainer.validating else "test"
+        self.log_dict({f"{stage}/{k}": v for k, v in table.items()}, rank_zero_only=True)
         if self.trainer.is_global_zero:
             self._write_results(table, rows)
             self._log_sequences(per_sequence)

@@ -239,12 +239,23 @@ def zip_annotations(out_dir: PathLike, zip_path: PathLike) -> list[str]:
             annotations = out_dir
         else:
             raise FileNotFoundError(f"no Annotations folder to zip: expected {annotations}")
+    return zip_sequences(annotations, zip_path, prefix="Annotations/")
+
+
+def zip_sequences(folder: PathLike, zip_path: PathLike, prefix: str = "") -> list[str]:
+    """Zip ``<folder>/<video>/<frame>.png`` as ``<prefix><video>/<frame>.png`` members (the DAVIS
+    test-dev server takes the sequence folders at the top: ``prefix=""``), sorted, with fixed
+    timestamps, without completion markers or temporary files; written atomically.
+
+    Returns the member names.
+    """
+    folder = Path(folder)
     members = []
-    for video_dir in sorted(p for p in annotations.iterdir() if p.is_dir()):
+    for video_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         for png in sorted(video_dir.glob("*.png")):
             if png.name.startswith("."):
                 continue
-            members.append((f"Annotations/{video_dir.name}/{png.name}", png))
+            members.append((f"{prefix}{video_dir.name}/{png.name}", png))
     with atomic_open(zip_path, "wb") as handle:
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name, png in members:

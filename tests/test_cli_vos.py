@@ -135,3 +135,20 @@ def test_one_and_two_processes_give_identical_results(tmp_path):
     assert pngs == sorted(p.relative_to(runs[2]) for p in (runs[2] / "predictions").rglob("*.png"))
     for png in pngs:
         assert np.array_equal(np.array(Image.open(runs[1] / png)), np.array(Image.open(runs[2] / png)))
+
+
+def test_test_dev_writes_a_davis_submission_zip(tmp_path):
+    """DAVIS 2017 test-dev: first-frame masks only, no J&F, a zip with the sequences at the top."""
+    import zipfile
+
+    from sampt.datamodules.dummy_davis import synthetic_multi_object_sequence, write_davis_2017
+
+    frames, masks = synthetic_multi_object_sequence(num_frames=4, height=48, width=64, seed=3)
+    write_davis_2017(tmp_path / "tree", {"seq": (frames, masks)}, splits={"test-dev": ["seq"]}, first_frame_only=True)
+    run_test("configs/d17_test.yaml", tmp_path / "tree", tmp_path / "run")
+    assert not (tmp_path / "run" / "global_results-test-dev.csv").exists()
+    with zipfile.ZipFile(tmp_path / "run" / "submission.zip") as archive:
+        names = archive.namelist()
+        assert names == [f"seq/{i:05d}.png" for i in range(4)]
+        with archive.open(names[0]) as member:
+            assert Image.open(member).mode == "P"
