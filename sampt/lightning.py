@@ -197,7 +197,7 @@ class SamPtModule(pl.LightningModule):
     def _visualize(self, video: VideoItem, index_masks: torch.Tensor, result: Optional[SamPtResult]) -> None:
         if result is None or index_masks is None or self._videos_seen >= self.num_visualized_videos:
             return
-        from sampt.overlay import overlay_strip, render_overlay, write_gif, write_mp4, write_png
+        from sampt.overlay import overlay_strip, render_overlay_video, write_gif, write_mp4, write_png
 
         to_input = 1 / output_scale(tuple(video.frames.shape[-2:]), video.output_size)
         trajectories = (result.trajectories * to_input).numpy()
@@ -213,10 +213,9 @@ class SamPtModule(pl.LightningModule):
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
         if self.write_overlay_gif or self.write_overlay_mp4:
-            images = [render_overlay(video.frames[t].cpu(), index_masks[t].numpy(), palette, trajectories[t],
-                                     result.visibilities[t].numpy(), result.reasons[t].numpy(),
-                                     num_positive=num_positive, object_ids=object_ids)
-                      for t in range(video.num_frames)]
+            images = render_overlay_video(video.frames.cpu(), index_masks.numpy(), palette, trajectories,
+                                          result.visibilities.numpy(), result.reasons.numpy(),
+                                          num_positive=num_positive, object_ids=object_ids)
             if self.write_overlay_gif:
                 write_gif(folder / f"{video.name}.gif", images, max_side=480)
             if self.write_overlay_mp4:
