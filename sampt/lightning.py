@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from sampt.eval_vos import read_sequence_masks
 from sampt.merge import VosMerger
 from sampt.metrics.jf import DavisJF, official_sequence_rows
 from sampt.pipeline import SamPt, SamPtConfig, SamPtResult, output_scale
@@ -106,6 +106,14 @@ class SamPtModule(pl.LightningModule):
             raise RuntimeError("SamPtModule.setup() builds SAM before the first video")
         return SamPt(self.sam, self.tracker, self.sam_pt_config)
 
+    def _experiment(self):
+        """The logger's backend (a TensorBoard ``SummaryWriter``), or None without a logger."""
+        return getattr(self.logger, "experiment", None) if self.logger is not None else None
+
+    def _add_stage_seconds(self, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self._stage_seconds[stage] = self._stage_seconds.get(stage, 0.0) + seconds
+
     # -- paths and run information ------------------------------------------------------------
     @property
     def output_dir(self) -> Path:
@@ -147,7 +155,8 @@ class SamPtModule(pl.LightningModule):
         if sequence_is_complete(self.output_dir, video.name, frames_to_save):
             if len(frames_to_save) == video.num_frames:
                 log.info("%s: complete in %s, reading it back instead of recomputing", video.name, self.output_dir)
-                return _read_index_pngs(self.output_dir / video.name, video.frame_names), None
+                paths = [self.output_dir / video.name / f"{name}.png" for name in video.frame_names]
+                return torch.from_numpy(read_sequence_masks(paths, "saved prediction")), None
             if video.ground_truth is None:
                 log.info("%s: complete in %s, skipped", video.name, self.output_dir)
                 return None, None
@@ -177,8 +186,7 @@ class SamPtModule(pl.LightningModule):
         elapsed = time.perf_counter() - started
         self._frames_processed += video.num_frames
         self._seconds_processed += elapsed
-        for stage, seconds in result.timings.items():
-            self._stage_seconds[stage] = self._stage_seconds.get(stage, 0.0) + seconds
+        self._add_stage_seconds(result.timings)
 
         if self.save_object_pngs:
             write_object_pngs(self.output_dir, video.name, video.frame_names, index_masks.numpy(), object_ids)
@@ -209,7 +217,7 @@ class SamPtModule(pl.LightningModule):
                               num_positive=num_positive, object_ids=object_ids)
         folder = self.output_dir.parent / "overlays"
         write_png(folder / f"{video.name}.png", strip)
-        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        experiment = self._experiment()
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
         if self.write_overlay_gif or self.write_overlay_mp4:
@@ -295,7 +303,7 @@ class SamPtModule(pl.LightningModule):
             totals = totals.sum(0)
         if totals[1] > 0 and self.trainer.is_global_zero:
             fps = float(totals[0] / totals[1])
-            experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+            experiment = self._experiment()
             if experiment is not None and hasattr(experiment, "add_scalar"):
                 experiment.add_scalar("speed/fps", fps, self.global_step)
                 for stage, seconds in self._stage_seconds.items():
@@ -315,7 +323,7 @@ class SamPtModule(pl.LightningModule):
             json.dump({"results": table, "protocol": self.protocol()}, handle, indent=2, default=str)
 
     def _log_sequences(self, per_sequence: list[dict[str, Any]]) -> None:
-        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        experiment = self._experiment()
         if experiment is None or not hasattr(experiment, "add_scalar"):
             return
         for row in per_sequence:
@@ -332,9 +340,3 @@ def format_global_table(table: dict[str, float]) -> str:
     """The official global CSV: a header line, then the values."""
     return ",".join(GLOBAL_COLUMNS) + "\n" + ",".join(f"{table[c]:.15g}" for c in GLOBAL_COLUMNS) + "\n"
 
-
-def _read_index_pngs(folder: Path, frame_names) -> torch.Tensor:
-    from PIL import Image
-
-    masks = [np.array(Image.open(folder / f"{name}.png")) for name in frame_names]
-    return torch.from_numpy(np.stack(masks)).to(torch.uint8)

@@ -191,8 +191,7 @@ class SamPtVisModule(SamPtModule):
                 for i in range(len(objects)):
                     entries.append({"video_id": video_id, "score": float(scores[i]), "category_id": UVO_CATEGORY_ID,
                                     "segmentations": rles[i]})
-                for stage, seconds in result.timings.items():
-                    self._stage_seconds[stage] = self._stage_seconds.get(stage, 0.0) + seconds
+                self._add_stage_seconds(result.timings)
                 results.append(result)
         finally:
             if bar is not None:
@@ -241,9 +240,6 @@ class SamPtVisModule(SamPtModule):
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"proposals/{video.name}", proposal_image, self.global_step, dataformats="HWC")
             experiment.add_image(f"tracks/{video.name}", strip, self.global_step, dataformats="HWC")
-
-    def _experiment(self):
-        return getattr(self.logger, "experiment", None) if self.logger is not None else None
 
     def _parts_dir(self) -> Path:
         return self.output_dir / PARTS_FOLDER

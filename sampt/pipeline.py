@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sampt.sam.model import SamModel
+from sampt.sam.model import ImageEmbedding, SamModel
 from sampt.sam.prompting import PromptingConfig, SamPrompter, build_point_prompts
 from sampt.trackers.base import PointTracker
 from sampt.video import VideoItem
@@ -269,12 +269,14 @@ class SamPt:
         num_negative = queries.points.shape[1] - queries.num_positive
         prompter = SamPrompter(self.sam, self.config.prompting(queries.num_positive, num_negative))
         masks = []
+        embeddings: dict[int, ImageEmbedding] = {}  # objects sharing a query frame share it
         for m in range(queries.points.shape[0]):
             t = int(queries.points[m, 0, 0])
-            embedding = self.sam.embed_frames(frames[t : t + 1])[0]
+            if t not in embeddings:
+                embeddings[t] = self.sam.embed_frames(frames[t : t + 1])[0]
             xy = queries.points[m : m + 1, :, 1:].to(self.device)
             prompts = build_point_prompts(xy, queries.valid[m : m + 1].to(self.device), prompter.config)
-            prediction = prompter.predict_frame(embedding, prompts)
+            prediction = prompter.predict_frame(embeddings[t], prompts)
             masks.append((prediction.logits[0] > self.sam.mask_threshold).cpu())
         return torch.stack(masks)
 
@@ -392,8 +394,15 @@ class SamPt:
             scores=video_scores(scores_per_frame, has_score),
             timings=dict(timings),
             num_decoder_calls=calls,
-            num_encoded_frames=num_frames + (0 if all(o.mask is not None for o in video.objects) else num_objects),
+            num_encoded_frames=num_frames + frames_encoded_for_queries(video),
         )
+
+
+def frames_encoded_for_queries(video: VideoItem) -> int:
+    """Frames ``SamPt.masks_from_points`` embeds: each query frame of point queries, once."""
+    if all(o.mask is not None for o in video.objects):
+        return 0
+    return len({o.query_frame for o in video.objects})
 
 
 def video_scores(scores_per_frame: torch.Tensor, has_score: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from sampt.pipeline import (FrameOutput, Queries, SamPt, SamPtResult, Tracks, output_scale, resize_logits,
-                            video_rng, video_scores)
+from sampt.pipeline import (FrameOutput, Queries, SamPt, SamPtResult, Tracks, frames_encoded_for_queries,
+                            output_scale, resize_logits, video_rng, video_scores)
 from sampt.query_points import sample_points
 from sampt.reinit import all_missing, select_reinit_entries
 from sampt.sam.model import ImageEmbedding, SamModel
@@ -540,7 +540,7 @@ def run_with_reinit(pipeline: SamPt, video: VideoItem, on_frame: Callable[[Frame
     tic = time.perf_counter()
     queries = pipeline.make_queries(video, rng)
     timings["query_points"] = time.perf_counter() - tic
-    encoded_for_queries = 0 if all(o.mask is not None for o in video.objects) else len(video.objects)
+    encoded_for_queries = frames_encoded_for_queries(video)
     if on_queries is not None:
         on_queries(queries)
     if segmenter is None:
