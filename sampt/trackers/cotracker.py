@@ -199,11 +199,14 @@ class _FusedQkvAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
-class _V1AttnBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+class AttnBlock(nn.Module):
+    """Pre-norm transformer block; ``attention`` is the self-attention class, whose parameter
+    names differ between CoTracker versions (v1: ``_FusedQkvAttention``)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, attention: type = _FusedQkvAttention):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = _FusedQkvAttention(dim, num_heads)
+        self.attn = attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, tanh_gelu=True)
 
@@ -220,8 +223,8 @@ class _V1UpdateFormer(nn.Module):
         super().__init__()
         self.input_transform = nn.Linear(input_dim, hidden)
         self.flow_head = nn.Linear(hidden, output_dim)
-        self.time_blocks = nn.ModuleList([_V1AttnBlock(hidden, heads) for _ in range(depth)])
-        self.space_blocks = nn.ModuleList([_V1AttnBlock(hidden, heads) for _ in range(depth)])
+        self.time_blocks = nn.ModuleList([AttnBlock(hidden, heads) for _ in range(depth)])
+        self.space_blocks = nn.ModuleList([AttnBlock(hidden, heads) for _ in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, S, input_dim) -> (B, N, S, output_dim)``."""
@@ -339,6 +342,18 @@ def support_grid(size: int, interp_shape: Sequence[int], device=None) -> torch.T
     gy = step + gy / float(size - 1) * (height - step * 2)
     gx = step + gx / float(size - 1) * (width - step * 2)
     return torch.stack([gx, gy], dim=-1)
+
+
+def grid_queries(grid: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+    """``(len(frames) * K, 3)`` support queries ``(t, x, y)``: the ``(K, 2)`` grid on each frame."""
+    return torch.cat([torch.cat([torch.full_like(grid[:, :1], float(t)), grid], dim=1) for t in frames])
+
+
+def mirror_query_frames(queries: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Queries ``(..., 3)`` for the time-reversed video: ``t -> T - 1 - t``."""
+    mirrored = queries.clone()
+    mirrored[..., 0] = num_frames - 1 - mirrored[..., 0]
+    return mirrored
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,16 +624,14 @@ def cotracker_v1_predict(model: CoTrackerV1, video: torch.Tensor, queries: torch
     queries[:, :, 1] *= interp_shape[1] / width
     queries[:, :, 2] *= interp_shape[0] / height
     n = queries.shape[1]
-    grid = support_grid(support_grid_size, interp_shape, device=queries.device)
-    grid = torch.cat([torch.zeros_like(grid[:, :1]), grid], dim=1)[None].expand(queries.shape[0], -1, -1)
-    model_queries = torch.cat([queries, grid], dim=1)
+    grid = grid_queries(support_grid(support_grid_size, interp_shape, device=queries.device), [0])
+    model_queries = torch.cat([queries, grid[None].expand(queries.shape[0], -1, -1)], dim=1)
 
     tracks, probs, _ = model(rgbs, model_queries, iters=iters, features=features)
     if details is not None:
         details.update(model_queries=model_queries, model_traj=tracks.clone(), model_vis=probs.clone())
     if backward_tracking:
-        bwd_queries = model_queries.clone()
-        bwd_queries[:, :, 0] = num_frames - 1 - bwd_queries[:, :, 0]
+        bwd_queries = mirror_query_frames(model_queries, num_frames)
         bwd_tracks, bwd_probs, _ = model(rgbs.flip(1), bwd_queries, iters=iters,
                                          features=None if features is None else features.flip(1))
         if details is not None:
@@ -722,9 +735,8 @@ class CoTrackerTracker(PointTracker):
         q[:, :, 2] *= ih / height
         n = q.shape[1]
         grid = support_grid(self.support_grid_size, self.interp_shape, device=q.device)
-        extra = [torch.cat([torch.full_like(grid[:, :1], float(i)), grid], dim=1)
-                 for i in range(0, num_frames, self.support_grid_every_n_frames)]
-        model_queries = torch.cat([q, torch.cat(extra)[None]], dim=1)
+        extra = grid_queries(grid, range(0, num_frames, self.support_grid_every_n_frames))
+        model_queries = torch.cat([q, extra[None]], dim=1)
 
         features = None
         if self.reuse_features:
@@ -733,8 +745,7 @@ class CoTrackerTracker(PointTracker):
                                           features=None if features is None else _pad_time(features, s))
         fwd_traj, fwd_vis = fwd_traj[:, :num_frames], fwd_vis[:, :num_frames]
 
-        bwd_queries = model_queries.clone()
-        bwd_queries[:, :, 0] = num_frames - 1 - bwd_queries[:, :, 0]
+        bwd_queries = mirror_query_frames(model_queries, num_frames)
         bwd_traj, bwd_vis, _ = self.model(
             _pad_time(rgbs.flip(1), s), bwd_queries, iters=self.iters,
             features=None if features is None else _pad_time(features.flip(1), s),

@@ -29,11 +29,14 @@ from torch import nn
 from sampt.trackers.base import TRACKERS, PointTracker
 from sampt.trackers.cotracker import (
     LATENT_DIM,
+    AttnBlock,
     FeatureEncoder,
     Mlp,
     _resize_video,
+    grid_queries,
     load_cotracker_state_dict,
     load_state_dict_strict,
+    mirror_query_frames,
     resolve_checkpoint_file,
     sincos_1d,
 )
@@ -78,19 +81,6 @@ class _Attention(nn.Module):
         return self.to_out(torch.cat(outs) if len(outs) > 1 else outs[0])
 
 
-class _AttnBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = _Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, tanh_gelu=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class _CrossAttnBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -117,8 +107,9 @@ class _EfficientUpdateFormer(nn.Module):
         self.input_transform = nn.Linear(input_dim, hidden)
         self.flow_head = nn.Linear(hidden, 2)
         self.vis_conf_head = nn.Linear(hidden, 2)
-        self.time_blocks = nn.ModuleList([_AttnBlock(hidden, heads) for _ in range(depth)])
-        self.space_virtual_blocks = nn.ModuleList([_AttnBlock(hidden, heads) for _ in range(depth)])
+        self.time_blocks = nn.ModuleList([AttnBlock(hidden, heads, attention=_Attention) for _ in range(depth)])
+        self.space_virtual_blocks = nn.ModuleList(
+            [AttnBlock(hidden, heads, attention=_Attention) for _ in range(depth)])
         self.space_point2virtual_blocks = nn.ModuleList([_CrossAttnBlock(hidden, heads) for _ in range(depth)])
         self.space_virtual2point_blocks = nn.ModuleList([_CrossAttnBlock(hidden, heads) for _ in range(depth)])
 
@@ -354,16 +345,14 @@ def cotracker3_predict(model: CoTrackerThreeOffline, video: torch.Tensor, querie
     rgbs = _resize_video(video, interp_shape, align_corners=True)
     scaled = _scale_queries(queries, height, width, interp_shape)
     n = scaled.shape[1]
-    grid = support_grid(support_grid_size, interp_shape, device=scaled.device)
-    grid = torch.cat([torch.zeros_like(grid[:, :1]), grid], dim=1)[None].expand(scaled.shape[0], -1, -1)
-    model_queries = torch.cat([scaled, grid], dim=1)
+    grid = grid_queries(support_grid(support_grid_size, interp_shape, device=scaled.device), [0])
+    model_queries = torch.cat([scaled, grid[None].expand(scaled.shape[0], -1, -1)], dim=1)
 
     tracks, vis, conf = model(rgbs, model_queries, iters=iters, features=features)
     if details is not None:
         details.update(model_queries=model_queries, coords=tracks, vis=vis, confidence=conf)
     if backward_tracking:
-        bwd_queries = model_queries.clone()
-        bwd_queries[:, :, 0] = num_frames - 1 - bwd_queries[:, :, 0]
+        bwd_queries = mirror_query_frames(model_queries, num_frames)
         bwd_tracks, bwd_vis, _ = model(rgbs.flip(1), bwd_queries, iters=iters,
                                        features=None if features is None else features.flip(1))
         if details is not None:
@@ -438,8 +427,7 @@ class CoTracker3Tracker(PointTracker):
         rgbs = _resize_video(video, self.interp_shape, align_corners=True)
         scaled = _scale_queries(queries, height, width, self.interp_shape)
         grid = support_grid(self.support_grid_size, self.interp_shape, device=device)
-        extra = torch.cat([torch.cat([torch.full_like(grid[:, :1], float(i)), grid], dim=1)
-                           for i in range(0, num_frames, self.support_grid_every_n_frames)])
+        extra = grid_queries(grid, range(0, num_frames, self.support_grid_every_n_frames))
         model_queries = torch.cat([scaled, extra[None].expand(scaled.shape[0], -1, -1)], dim=1)
 
         features = None
@@ -448,8 +436,7 @@ class CoTracker3Tracker(PointTracker):
             features = self.model.encode(rgbs.reshape(b * t, *rgbs.shape[2:]))
             features = features.reshape(b, t, *features.shape[1:])
         tracks, vis, _ = self.model(rgbs, model_queries, iters=self.iters, features=features)
-        bwd_queries = model_queries.clone()
-        bwd_queries[:, :, 0] = num_frames - 1 - bwd_queries[:, :, 0]
+        bwd_queries = mirror_query_frames(model_queries, num_frames)
         bwd_tracks, bwd_vis, _ = self.model(rgbs.flip(1), bwd_queries, iters=self.iters,
                                             features=None if features is None else features.flip(1))
         tracks, vis = _merge_backward_before_query(tracks, vis, bwd_tracks.flip(1), bwd_vis.flip(1),
