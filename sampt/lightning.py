@@ -193,14 +193,20 @@ class SamPtModule(pl.LightningModule):
         # Written last: its completion marker tells a rerun that this video is done.
         write_sequence_pngs(self.output_dir, video.name, video.frame_names, index_masks.numpy(),
                             video.palette or davis_palette(), video.save_frames)
-        if self.save_trajectories:
-            folder = self.output_dir.parent / "trajectories"
-            write_trajectories(
-                folder / f"{video.name}.npz",
-                folder / f"{video.name}.csv" if self.save_trajectories_csv else None,
-                result.trajectories.numpy(), result.visibilities.numpy(), object_ids,
-                reasons=result.reasons.numpy(), frame_names=list(video.frame_names))
+        self._save_tracks(video, result.trajectories, result.visibilities, result.reasons, object_ids)
         return index_masks, result
+
+    def _save_tracks(self, video: VideoItem, trajectories: torch.Tensor, visibilities: torch.Tensor,
+                     reasons: torch.Tensor, object_ids: list[int]) -> None:
+        """``trajectories/<video>.npz`` (and ``.csv``) when ``save_trajectories`` is on."""
+        if not self.save_trajectories:
+            return
+        folder = self.output_dir.parent / "trajectories"
+        write_trajectories(
+            folder / f"{video.name}.npz",
+            folder / f"{video.name}.csv" if self.save_trajectories_csv else None,
+            trajectories.numpy(), visibilities.numpy(), object_ids,
+            reasons=reasons.numpy(), frame_names=list(video.frame_names))
 
     def _visualize(self, video: VideoItem, index_masks: torch.Tensor, result: Optional[SamPtResult]) -> None:
         if result is None or index_masks is None or self._videos_seen >= self.num_visualized_videos:

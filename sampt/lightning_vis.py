@@ -198,15 +198,10 @@ class SamPtVisModule(SamPtModule):
                 bar.close()
         self._frames_processed += num_frames
         self._seconds_processed += time.perf_counter() - started
-        if results and self.save_trajectories:
-            from sampt.writers import write_trajectories
-
-            folder = self.output_dir.parent / "trajectories"
-            write_trajectories(
-                folder / f"{video.name}.npz", folder / f"{video.name}.csv" if self.save_trajectories_csv else None,
-                torch.cat([r.trajectories for r in results], 1).numpy(),
-                torch.cat([r.visibilities for r in results], 1).numpy(), list(range(1, len(proposals) + 1)),
-                reasons=torch.cat([r.reasons for r in results], 1).numpy(), frame_names=list(video.frame_names))
+        if results:
+            self._save_tracks(video, torch.cat([r.trajectories for r in results], 1),
+                              torch.cat([r.visibilities for r in results], 1),
+                              torch.cat([r.reasons for r in results], 1), list(range(1, len(proposals) + 1)))
         return entries, {"proposals": proposals, "index_masks": index_masks, "results": results}
 
     # -- outputs --------------------------------------------------------------------------------
