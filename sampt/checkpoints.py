@@ -34,12 +34,16 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
 
 from tqdm import tqdm
 
 from sampt.errors import CheckpointError
 from sampt.writers import write_text_atomic
+
+if TYPE_CHECKING:  # torch is imported lazily so that `sampt checkpoints` starts fast
+    import torch
+    from torch import nn
 
 PathLike = Union[str, os.PathLike]
 
@@ -55,6 +59,7 @@ class Checkpoint:
         md5: published md5 hex digest, or None when none is published.
         component: ``"sam"`` or ``"tracker"``.
         description: one line for ``sampt checkpoints``.
+        size_mb: approximate file size in MB (10^6 bytes), shown before downloads.
     """
 
     name: str
@@ -63,6 +68,7 @@ class Checkpoint:
     md5: Optional[str]
     component: str
     description: str
+    size_mb: float
 
 
 def _table(*entries: Checkpoint) -> dict[str, Checkpoint]:
@@ -76,74 +82,74 @@ CHECKPOINTS: dict[str, Checkpoint] = _table(
     Checkpoint(
         "sam_vit_b", "sam_vit_b_01ec64.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-        "01ec64d29a2fca3f0661936605ae66f8", "sam", "SAM ViT-B (Meta)",
+        "01ec64d29a2fca3f0661936605ae66f8", "sam", "SAM ViT-B (Meta)", 375,
     ),
     Checkpoint(
         "sam_vit_l", "sam_vit_l_0b3195.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-        "0b3195507c641ddb6910d2bb5adee89c", "sam", "SAM ViT-L (Meta)",
+        "0b3195507c641ddb6910d2bb5adee89c", "sam", "SAM ViT-L (Meta)", 1249,
     ),
     Checkpoint(
         "sam_vit_h", "sam_vit_h_4b8939.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-        "4b8939a88964f0f4ff5f5b2642c598a6", "sam", "SAM ViT-H (Meta)",
+        "4b8939a88964f0f4ff5f5b2642c598a6", "sam", "SAM ViT-H (Meta)", 2564,
     ),
     Checkpoint(
         "samhq_vit_b", "sam_hq_vit_b.pth",
         f"{_HQ_SAM_URL}/67ab82412bc794d5ce2e9799b8b6a3c0a8cfe1d2/sam_hq_vit_b.pth",
-        "c6b8953247bcfdc8bb8ef91e36a6cacc", "sam", "HQ-SAM ViT-B",
+        "c6b8953247bcfdc8bb8ef91e36a6cacc", "sam", "HQ-SAM ViT-B", 379,
     ),
     Checkpoint(
         "samhq_vit_l", "sam_hq_vit_l.pth",
         f"{_HQ_SAM_URL}/67ab82412bc794d5ce2e9799b8b6a3c0a8cfe1d2/sam_hq_vit_l.pth",
-        "08947267966e4264fb39523eccc33f86", "sam", "HQ-SAM ViT-L",
+        "08947267966e4264fb39523eccc33f86", "sam", "HQ-SAM ViT-L", 1255,
     ),
     Checkpoint(
         "samhq_vit_h", "sam_hq_vit_h.pth",
         f"{_HQ_SAM_URL}/67ab82412bc794d5ce2e9799b8b6a3c0a8cfe1d2/sam_hq_vit_h.pth",
-        "3560f6b6a5a6edacd814a1325c39640a", "sam", "HQ-SAM ViT-H",
+        "3560f6b6a5a6edacd814a1325c39640a", "sam", "HQ-SAM ViT-H", 2571,
     ),
     Checkpoint(
         "samhq_vit_tiny", "sam_hq_vit_tiny.pth",
         f"{_HQ_SAM_URL}/a3a77cd0a2e5e50eaa76faccf61b964732d9b35f/sam_hq_vit_tiny.pth",
-        "3a661ab92d4088ccd6232fa542998a65", "sam", "Light HQ-SAM (TinyViT encoder)",
+        "3a661ab92d4088ccd6232fa542998a65", "sam", "Light HQ-SAM (TinyViT encoder)", 42,
     ),
     Checkpoint(
         "mobile_sam_vit_t", "mobile_sam.pt",
         "https://github.com/ChaoningZhang/MobileSAM/raw/01ea8d0f5590082f0c1ceb0a3e2272593f20154b/weights/mobile_sam.pt",
-        "f3c0d8cda613564d499310dab6c812cd", "sam", "MobileSAM (TinyViT encoder)",
+        "f3c0d8cda613564d499310dab6c812cd", "sam", "MobileSAM (TinyViT encoder)", 41,
     ),
     Checkpoint(
         "cotracker_stride_4_wind_8", "cotracker_stride_4_wind_8.pth",
         f"{_COTRACKER_URL}/cotracker_stride_4_wind_8.pth",
-        "82c458ad5de9bf98bc337c34ccbc436a", "tracker", "CoTracker v1, stride 4, window 8 (SAM-PT default)",
+        "82c458ad5de9bf98bc337c34ccbc436a", "tracker", "CoTracker v1, stride 4, window 8 (SAM-PT default)", 97,
     ),
     Checkpoint(
         "cotracker_stride_4_wind_12", "cotracker_stride_4_wind_12.pth",
         f"{_COTRACKER_URL}/cotracker_stride_4_wind_12.pth",
-        "f13ab80f04b2cb58945e2dffb5a3a44c", "tracker", "CoTracker v1, stride 4, window 12",
+        "f13ab80f04b2cb58945e2dffb5a3a44c", "tracker", "CoTracker v1, stride 4, window 12", 97,
     ),
     Checkpoint(
         "cotracker_stride_8_wind_16", "cotracker_stride_8_wind_16.pth",
         f"{_COTRACKER_URL}/cotracker_stride_8_wind_16.pth",
-        "d0d25fe323b20d11c447aaa05a923650", "tracker", "CoTracker v1, stride 8, window 16",
+        "d0d25fe323b20d11c447aaa05a923650", "tracker", "CoTracker v1, stride 8, window 16", 97,
     ),
     Checkpoint(
         "cotracker3_offline", "scaled_offline.pth",
         "https://huggingface.co/facebook/cotracker3/resolve/main/scaled_offline.pth",
-        None, "tracker", "CoTracker3 offline, window 60 (no published md5)",
+        None, "tracker", "CoTracker3 offline, window 60 (no published md5)", 102,
     ),
     # torchvision's published RAFT weights; torchvision pins a sha256 prefix in the file name,
     # not an md5, so the md5 is recorded on first download like CoTracker3's.
     Checkpoint(
         "raft_large_C_T_SKHT_V2", "raft_large_C_T_SKHT_V2-ff5fadd5.pth",
         "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth",
-        None, "tracker", "RAFT large (torchvision), C+T+S+K+H, v2",
+        None, "tracker", "RAFT large (torchvision), C+T+S+K+H, v2", 21,
     ),
     Checkpoint(
         "raft_small_C_T_V2", "raft_small_C_T_V2-01064c6d.pth",
         "https://download.pytorch.org/models/raft_small_C_T_V2-01064c6d.pth",
-        None, "tracker", "RAFT small (torchvision), C+T, v2",
+        None, "tracker", "RAFT small (torchvision), C+T, v2", 4,
     ),
 )
 
@@ -159,6 +165,10 @@ _urlopen = urllib.request.urlopen
 _md5_memo: dict[tuple[str, int, int], str] = {}
 # Names of md5-less checkpoints already warned about in this process.
 _warned_no_md5: set[str] = set()
+# md5 of md5-less checkpoints seen for the first time, keyed by resolved path: recorded in
+# ``<file>.md5`` only once the file has loaded into its model (see :func:`confirm_loaded`), so
+# a truncated or wrong first copy never becomes the trusted reference.
+_pending_md5_records: dict[str, str] = {}
 
 
 def cache_dir() -> Path:
@@ -251,14 +261,19 @@ def _verify_cached(checkpoint: Checkpoint, path: Path) -> None:
     expected, source = _expected_md5(checkpoint, path)
     actual = file_md5(path)
     if expected is None:
-        # Placed by hand with no published md5: trust this first copy and remember it.
-        _record_md5(path, actual)
+        # Placed by hand with no published md5: trust this first copy once it loads.
+        _pending_md5_records[str(path.resolve())] = actual
         return
     if actual != expected:
+        reset = "" if checkpoint.md5 is not None else (
+            f" The expected md5 was recorded from the first copy of this file that loaded; if the file "
+            f"was deliberately replaced by a newer upstream release, delete the record "
+            f"({md5_record_path(path)}) as well so that the next copy that loads is recorded instead."
+        )
         raise CheckpointError(
             f"checkpoint {checkpoint.name!r}: the file {path} is corrupted or not the expected file: "
             f"md5 {actual}, expected {expected} (from {source}). Its URL is {checkpoint.url}. Delete it "
-            f"to download it again, or replace it by hand.\n{_manual_placement(checkpoint, path.parent)}"
+            f"to download it again, or replace it by hand.{reset}\n{_manual_placement(checkpoint, path.parent)}"
         )
 
 
@@ -310,7 +325,7 @@ def _download(checkpoint: Checkpoint, cache: Path, looked_at: list[Path]) -> Pat
             os.unlink(tmp)
     if checkpoint.md5 is None:
         _warn_no_published_md5(checkpoint)
-        _record_md5(target, digest)
+        _pending_md5_records[str(target.resolve())] = digest
     stat = target.stat()
     _md5_memo[(str(target.resolve()), stat.st_size, stat.st_mtime_ns)] = digest
     return target
@@ -350,6 +365,98 @@ def resolve_checkpoint(name: Optional[str], path: Optional[PathLike] = None, dow
             f"downloading is disabled. Its URL is {checkpoint.url}.\n{_manual_placement(checkpoint, cache)}"
         )
     return _download(checkpoint, cache, [cached])
+
+
+def confirm_loaded(path: PathLike) -> None:
+    """Record the md5 of an md5-less cached checkpoint now that ``path`` has loaded into its model.
+
+    A no-op for files with a published md5, explicit paths and files already recorded.
+    """
+    resolved = Path(path).resolve()
+    digest = _pending_md5_records.pop(str(resolved), None)
+    if digest is not None:
+        _record_md5(resolved, digest)
+
+
+def read_state_dict_file(path: PathLike, what: str) -> dict[str, "torch.Tensor"]:
+    """Read the state dict in ``path``: ``torch.load(map_location="cpu", weights_only=True)``.
+
+    The bare state dict and the ``{"model": state_dict}`` wrapper are both accepted. ``what``
+    names the model in errors (``"SAM ViT-B"``). Raises :class:`CheckpointError` naming the file
+    when it is missing, unreadable or not a mapping of names to tensors.
+    """
+    import torch
+
+    where = f"{what} checkpoint {os.fspath(path)}"
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{where} does not exist or is not a file")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and weights_only errors all mean "not a loadable file"
+        raise CheckpointError(
+            f"cannot read {where} as a weights-only torch file ({type(error).__name__}: {error}); "
+            "expected a state dict saved with torch.save (a truncated download reads like this)"
+        ) from error
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
+        loaded = loaded["model"]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(
+            f"{where} is not a state dict (a mapping of parameter names to tensors, "
+            "optionally under a top-level 'model' key)"
+        )
+    return dict(loaded)
+
+
+def _few(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+def load_state_dict_file(
+    module: "nn.Module",
+    path: PathLike,
+    what: str,
+    read: Optional[Callable[[PathLike, str], Mapping[str, "torch.Tensor"]]] = None,
+    convert: Optional[Callable[[Mapping[str, "torch.Tensor"]], Mapping[str, "torch.Tensor"]]] = None,
+) -> None:
+    """The one checkpoint loader: read ``path``, check every key and shape, load strictly.
+
+    Args:
+        module: the model the weights are for.
+        path: the weights file (a resolved checkpoint or an explicit path).
+        what: the model's name for error messages (``"RAFT large"``, ``"SAM ViT-B"``).
+        read: reads the file into ``{key: tensor}``; default :func:`read_state_dict_file`
+            (trackers whose official files are other formats pass their reader).
+        convert: maps the file's keys/layouts onto ``module``'s (e.g. a JAX parameter tree).
+
+    On success the md5 of a first-seen md5-less cached checkpoint is recorded
+    (:func:`confirm_loaded`). Raises :class:`CheckpointError` naming ``path`` and ``what`` and
+    listing a few missing, unexpected and mis-shaped keys.
+    """
+    state = (read or read_state_dict_file)(path, what)
+    if convert is not None:
+        state = convert(state)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
+        for key in set(expected) & set(state)
+        if tuple(state[key].shape) != tuple(expected[key].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_few(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches (file vs model): {_few(mismatched)}")
+    if problems:
+        raise CheckpointError(
+            f"{what} checkpoint {os.fspath(path)} does not fit the architecture: " + "; ".join(problems)
+        )
+    module.load_state_dict(dict(state), strict=True)
+    confirm_loaded(path)
 
 
 def _md5_ok(checkpoint: Checkpoint, path: Path) -> Optional[bool]:

@@ -56,7 +56,7 @@ def server(tmp_path, monkeypatch):
 
 
 def register(monkeypatch, name="tiny_test", filename="tiny.pth", url="http://127.0.0.1:9/tiny.pth", md5=PAYLOAD_MD5):
-    entry = Checkpoint(name, filename, url, md5, "sam", "test entry")
+    entry = Checkpoint(name, filename, url, md5, "sam", "test entry", 1.0)
     monkeypatch.setitem(checkpoints.CHECKPOINTS, name, entry)
     return entry
 
@@ -255,6 +255,8 @@ def test_md5_less_entry_records_hash_and_detects_corruption(server, monkeypatch)
     with pytest.warns(UserWarning, match="no published md5"):
         path = resolve_checkpoint(entry.name)
     record = checkpoints.md5_record_path(path)
+    assert not record.exists()  # recorded only once the file has loaded into its model
+    checkpoints.confirm_loaded(path)
     assert record.read_text().split()[0] == PAYLOAD_MD5
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once per process, not on every resolution
@@ -273,7 +275,30 @@ def test_md5_less_file_placed_by_hand_is_trusted_then_recorded(monkeypatch):
     forbid_download(monkeypatch)
     with pytest.warns(UserWarning, match="no published md5"):
         assert resolve_checkpoint(entry.name) == placed
+    checkpoints.confirm_loaded(placed)
     assert checkpoints.md5_record_path(placed).read_text().split()[0] == PAYLOAD_MD5
+
+
+def test_md5_less_first_copy_that_does_not_load_is_not_recorded(monkeypatch):
+    import torch
+
+    entry = register(monkeypatch, md5=None)
+    cache_dir().mkdir(parents=True)
+    placed = cache_dir() / entry.filename
+    placed.write_bytes(PAYLOAD)  # not a torch file: a truncated download reads like this
+    forbid_download(monkeypatch)
+    with pytest.warns(UserWarning, match="no published md5"):
+        path = resolve_checkpoint(entry.name)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        checkpoints.load_state_dict_file(torch.nn.Linear(2, 2), path, "tiny")
+    assert not checkpoints.md5_record_path(placed).exists()
+
+    # The good copy that replaces it is the one recorded, once it has loaded.
+    module = torch.nn.Linear(2, 2)
+    torch.save(module.state_dict(), placed)
+    path = resolve_checkpoint(entry.name)
+    checkpoints.load_state_dict_file(torch.nn.Linear(2, 2), path, "tiny")
+    assert checkpoints.md5_record_path(placed).read_text().split()[0] == checkpoints.file_md5(placed)
 
 
 def test_md5_is_computed_once_per_file_version(tmp_path, monkeypatch):

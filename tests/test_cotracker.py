@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import VECTORS
+from sampt.checkpoints import read_state_dict_file
 from sampt.errors import CheckpointError
 from sampt.trackers.base import TRACKERS
 from sampt.trackers.cotracker import (
@@ -22,7 +23,6 @@ from sampt.trackers.cotracker import (
     CoTrackerV1,
     build_cotracker_v1,
     cotracker_v1_predict,
-    load_cotracker_state_dict,
 )
 from sampt.trackers.cotracker3 import (
     CoTracker3Tracker,
@@ -141,8 +141,8 @@ def test_state_dict_layouts_match_the_checkpoints():
 
 
 def test_bare_and_wrapped_checkpoints_load_the_same(v1_files):
-    bare = load_cotracker_state_dict(v1_files["bare"])
-    wrapped = load_cotracker_state_dict(v1_files["wrapped"])
+    bare = read_state_dict_file(v1_files["bare"], "CoTracker v1")
+    wrapped = read_state_dict_file(v1_files["wrapped"], "CoTracker v1")
     assert list(bare) == list(wrapped) == list(v1_files["state"])
     assert all(torch.equal(bare[k], wrapped[k]) for k in bare)
 
@@ -182,12 +182,12 @@ def test_wrong_shape_unreadable_and_missing_files_raise_checkpoint_error(v1_file
     garbage = root / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError) as err:
-        load_cotracker_state_dict(garbage)
+        read_state_dict_file(garbage, "CoTracker v1")
     assert str(garbage) in str(err.value)
 
     missing = root / "does_not_exist.pth"
     with pytest.raises(CheckpointError) as err:
-        CoTrackerTracker(checkpoint_path=str(missing))
+        CoTrackerTracker(checkpoint_path=str(missing)).prepare()
     assert str(missing) in str(err.value)
 
 
@@ -315,7 +315,7 @@ def v3_inputs(v3_model, video, vectors_v3):
 def test_v3_time_embedding_buffer_matches_checkpoint(v3_model, v3_file):
     # The buffer is part of the checkpoint; the model's own value must agree with it bit for bit.
     fresh = CoTrackerThreeOffline(window_len=60)
-    assert torch.equal(fresh.time_emb, load_cotracker_state_dict(v3_file)["time_emb"])
+    assert torch.equal(fresh.time_emb, read_state_dict_file(v3_file, "CoTracker3")["time_emb"])
 
 
 def test_v3_model_forward(v3_model, v3_inputs, vectors_v3):

@@ -11,7 +11,7 @@ from jsonargparse import ArgumentParser
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from sampt import checkpoints
-from sampt.checkpoints import Checkpoint, file_md5
+from sampt.checkpoints import Checkpoint, file_md5, load_state_dict_file
 from sampt.errors import CheckpointError
 from sampt.sam import backends
 from sampt.sam.backends import (
@@ -21,7 +21,6 @@ from sampt.sam.backends import (
     build_sam,
     build_sam_module,
     get_sam_variant,
-    load_sam_weights,
     sam_variants,
 )
 from sampt.sam.model import SamModel
@@ -158,7 +157,7 @@ def test_tiny_build_round_trips_through_loader(backend, variant, tmp_path):
     torch.manual_seed(1)
     target = build_sam_module(backend, variant, architecture)
     assert not all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
-    load_sam_weights(target, path, f"{backend}/{variant}")
+    load_state_dict_file(target, path, f"{backend}/{variant}")
     expected = source.state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in target.state_dict().items())
 
@@ -234,7 +233,7 @@ def test_unloadable_files_raise_checkpoint_error(tmp_path, content, expected):
         torch.save(content, path)
     module = build_sam_module("custom", "custom", TINY_VIT)
     with pytest.raises(CheckpointError, match=expected) as info:
-        load_sam_weights(module, path, "custom/custom")
+        load_state_dict_file(module, path, "custom/custom")
     assert str(path) in str(info.value)
 
 
@@ -285,7 +284,7 @@ def test_random_init_builds_without_weights():
 def test_registry_name_resolves_through_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMPT_CACHE", str(tmp_path / "cache"))
     entry = Checkpoint("tiny_sam_test", "tiny_sam_vit.pt", "http://127.0.0.1:9/tiny_sam_vit.pt",
-                       file_md5(TINY_SAM), "sam", "test")
+                       file_md5(TINY_SAM), "sam", "test", 1.0)
     monkeypatch.setitem(checkpoints.CHECKPOINTS, entry.name, entry)
     (tmp_path / "cache").mkdir()
     shutil.copy(TINY_SAM, tmp_path / "cache" / entry.filename)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from sampt.checkpoints import resolve_checkpoint
+from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
 from sampt.errors import CheckpointError
 from sampt.registry import Registry
 from sampt.sam.model import SamModel
@@ -399,53 +399,6 @@ def build_sam_module(backend: str, variant: Optional[str] = None,
     return module.eval()
 
 
-def _few(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
-def load_sam_weights(module: nn.Module, path: Union[str, os.PathLike], variant: str) -> None:
-    """Load the state dict in ``path`` into ``module``; every key must match in name and shape.
-
-    The file is read with ``torch.load(map_location="cpu", weights_only=True)``; a top-level
-    ``{"model": state_dict}`` wrapper is unwrapped.
-
-    Raises:
-        CheckpointError: unreadable file, not a state dict, or missing/unexpected/mis-shaped keys;
-            the message names ``path`` and ``variant`` and lists a few offending keys.
-    """
-    where = f"checkpoint {os.fspath(path)} (SAM variant {variant})"
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{where} does not exist") from None
-    except Exception as error:  # pickle, zip and weights_only errors all mean "not a loadable file"
-        raise CheckpointError(f"cannot read {where} as a weights-only torch file: {error}") from error
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
-        loaded = loaded["model"]
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise CheckpointError(f"{where} is not a state dict (a mapping of parameter names to tensors)")
-
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(loaded))
-    unexpected = sorted(set(loaded) - set(expected))
-    mismatched = sorted(
-        f"{key} {tuple(loaded[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in set(expected) & set(loaded)
-        if loaded[key].shape != expected[key].shape
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_few(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches (file vs model): {_few(mismatched)}")
-    if problems:
-        raise CheckpointError(f"{where} does not fit the architecture: " + "; ".join(problems))
-    module.load_state_dict(loaded, strict=False)
-
-
 def build_sam(
     backend: str = "segment_anything",
     variant: Optional[str] = None,
@@ -493,7 +446,7 @@ def build_sam(
         weights = resolve_checkpoint(name, checkpoint_path)
     module = build_sam_module(backend, entry.variant, custom)
     if weights is not None:
-        load_sam_weights(module, weights, entry.label)
+        load_state_dict_file(module, weights, f"SAM {entry.label}")
     module.requires_grad_(False)
     if device is not None:
         module.to(device)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sampt.errors import CheckpointError
+from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
 from sampt.trackers.base import TRACKERS, PointTracker
 
 # Registry names of the v1 checkpoints -> (stride, window_len) the network is built with.
@@ -41,70 +41,6 @@ V1_CHECKPOINTS: dict[str, tuple[int, int]] = {
 }
 
 LATENT_DIM = 128
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoint loading (shared with CoTracker3)
-# --------------------------------------------------------------------------------------------
-def load_cotracker_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a CoTracker checkpoint file into a plain ``{key: tensor}`` dict.
-
-    Official files are either the bare state dict or ``{"model": state_dict}``; both are accepted.
-    Only tensors are unpickled (``weights_only=True``). Raises :class:`CheckpointError` naming
-    the file when it is missing, unreadable or not a state dict.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"CoTracker checkpoint file {path!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupted file, truncated download, non-tensor pickle ...
-        raise CheckpointError(
-            f"could not read CoTracker checkpoint {path!r} ({type(err).__name__}: {err}); "
-            "expected a torch state dict saved with torch.save"
-        ) from err
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(
-            f"CoTracker checkpoint {path!r} does not hold a state dict (a dict of tensors, "
-            "optionally under a top-level 'model' key)"
-        )
-    return dict(obj)
-
-
-def load_state_dict_strict(model: nn.Module, state_dict: dict, path: str, model_name: str) -> None:
-    """Strictly load ``state_dict`` into ``model``; mismatches raise :class:`CheckpointError`."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong_shape = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} keys with the wrong shape (e.g. {wrong_shape[:2]})")
-        raise CheckpointError(
-            f"checkpoint {path!r} does not fit the {model_name} architecture: " + "; ".join(parts)
-        )
-    model.load_state_dict(state_dict, strict=True)
-
-
-def resolve_checkpoint_file(name: str, path: Optional[str]) -> str:
-    """The file to load: ``path`` when given, else the registry entry ``name`` (cached/downloaded)."""
-    if path is not None:
-        return os.path.expanduser(os.fspath(path))
-    # Imported here so that building a tracker from an explicit file needs no checkpoint registry.
-    from sampt.checkpoints import resolve_checkpoint
-
-    return os.fspath(resolve_checkpoint(name))
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,11 +509,11 @@ class CoTrackerV1(nn.Module):
         return traj[:, inv_sort], torch.sigmoid(vis_logits[:, inv_sort]), feat_init
 
 
-def build_cotracker_v1(checkpoint_path: str, stride: int = 4, window_len: int = 8) -> CoTrackerV1:
-    """A :class:`CoTrackerV1` in eval mode with the weights of ``checkpoint_path``."""
+def build_cotracker_v1(checkpoint_path: Optional[str], stride: int = 4, window_len: int = 8) -> CoTrackerV1:
+    """A :class:`CoTrackerV1` in eval mode with the weights of ``checkpoint_path`` (None: random)."""
     model = CoTrackerV1(stride=stride, window_len=window_len)
-    state = load_cotracker_state_dict(checkpoint_path)
-    load_state_dict_strict(model, state, checkpoint_path, f"CoTracker v1 (stride {stride}, window {window_len})")
+    if checkpoint_path is not None:
+        load_state_dict_file(model, checkpoint_path, f"CoTracker v1 (stride {stride}, window {window_len})")
     return model.eval()
 
 
@@ -702,10 +638,19 @@ class CoTrackerTracker(PointTracker):
         self.support_grid_size = support_grid_size
         self.support_grid_every_n_frames = support_grid_every_n_frames
         self.reuse_features = reuse_features
-        path = resolve_checkpoint_file(checkpoint, checkpoint_path)
-        self.weights_path = path  # recorded (with its md5) next to every result
-        self.model = build_cotracker_v1(path, stride=stride or default_stride,
+        self.checkpoint = checkpoint
+        self.checkpoint_path = checkpoint_path
+        self.weights_path: Optional[str] = None  # set by prepare(); recorded (with its md5) next to every result
+        # Weights load in prepare(): parsing or printing a config must not touch the cache or network.
+        self.model = build_cotracker_v1(None, stride=stride or default_stride,
                                         window_len=window_len or default_window)
+
+    def prepare(self) -> None:
+        """Resolve (cache, download) and load the weights, once."""
+        if self.weights_path is None:
+            path = os.fspath(resolve_checkpoint(self.checkpoint, self.checkpoint_path))
+            load_state_dict_file(self.model, path, f"CoTracker v1 ({self.checkpoint})")
+            self.weights_path = path
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor, queries: torch.Tensor, details: Optional[dict] = None):
@@ -715,6 +660,7 @@ class CoTrackerTracker(PointTracker):
         ``details`` (optional dict) receives the model-pixel internals of batch element 0.
         """
         self.check_inputs(video, queries)
+        self.prepare()
         # Inputs go to wherever the module was moved; results come back on the input's device.
         device = next(self.model.parameters()).device
         trajs, visibles = [], []

@@ -20,12 +20,14 @@ clip.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
 from sampt.trackers.base import TRACKERS, PointTracker
 from sampt.trackers.cotracker import (
     LATENT_DIM,
@@ -34,10 +36,7 @@ from sampt.trackers.cotracker import (
     Mlp,
     _resize_video,
     grid_queries,
-    load_cotracker_state_dict,
-    load_state_dict_strict,
     mirror_query_frames,
-    resolve_checkpoint_file,
     sincos_1d,
 )
 
@@ -292,11 +291,11 @@ class CoTrackerThreeOffline(nn.Module):
         return coords * float(self.stride), torch.sigmoid(vis), torch.sigmoid(confidence)
 
 
-def build_cotracker3_offline(checkpoint_path: str, window_len: int = 60) -> CoTrackerThreeOffline:
-    """A :class:`CoTrackerThreeOffline` in eval mode with the weights of ``checkpoint_path``."""
+def build_cotracker3_offline(checkpoint_path: Optional[str], window_len: int = 60) -> CoTrackerThreeOffline:
+    """A :class:`CoTrackerThreeOffline` in eval mode with the weights of ``checkpoint_path`` (None: random)."""
     model = CoTrackerThreeOffline(window_len=window_len)
-    state = load_cotracker_state_dict(checkpoint_path)
-    load_state_dict_strict(model, state, checkpoint_path, f"CoTracker3 offline (window {window_len})")
+    if checkpoint_path is not None:
+        load_state_dict_file(model, checkpoint_path, f"CoTracker3 offline (window {window_len})")
     return model.eval()
 
 
@@ -407,9 +406,18 @@ class CoTracker3Tracker(PointTracker):
         self.support_grid_size = support_grid_size
         self.support_grid_every_n_frames = support_grid_every_n_frames
         self.reuse_features = reuse_features
-        path = resolve_checkpoint_file(checkpoint, checkpoint_path)
-        self.weights_path = path  # recorded (with its md5) next to every result
-        self.model = build_cotracker3_offline(path, window_len=window_len or V3_CHECKPOINTS[checkpoint])
+        self.checkpoint = checkpoint
+        self.checkpoint_path = checkpoint_path
+        self.weights_path: Optional[str] = None  # set by prepare(); recorded (with its md5) next to every result
+        # Weights load in prepare(): parsing or printing a config must not touch the cache or network.
+        self.model = build_cotracker3_offline(None, window_len=window_len or V3_CHECKPOINTS[checkpoint])
+
+    def prepare(self) -> None:
+        """Resolve (cache, download) and load the weights, once."""
+        if self.weights_path is None:
+            path = os.fspath(resolve_checkpoint(self.checkpoint, self.checkpoint_path))
+            load_state_dict_file(self.model, path, f"CoTracker3 offline ({self.checkpoint})")
+            self.weights_path = path
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor, queries: torch.Tensor):
@@ -418,6 +426,7 @@ class CoTracker3Tracker(PointTracker):
         Returns ``(trajectories (B, T, N, 2) float32 input pixels, visibilities (B, T, N) bool)``.
         """
         self.check_inputs(video, queries)
+        self.prepare()
         # Inputs go to wherever the module was moved; results come back on the input's device.
         input_device = video.device
         device = next(self.model.parameters()).device

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import optical_flow
 
-from sampt.errors import CheckpointError
+from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
 from sampt.trackers.base import TRACKERS, PointTracker
 from sampt.trackers.lk import points_inside_frame
 
@@ -44,46 +44,6 @@ _MIN_SIDE = 128
 def _flow_size(size: int, downscale: float) -> int:
     """Side of the frames RAFT sees for an input side ``size``: nearest multiple of 8, >= 128."""
     return max(_MIN_SIDE, 8 * int(round(size / downscale / 8)))
-
-
-def load_raft_state_dict(model: torch.nn.Module, checkpoint_path: str) -> None:
-    """Load a RAFT state dict from ``checkpoint_path`` into ``model`` strictly.
-
-    Raises :class:`~sampt.errors.CheckpointError` naming the file when it is missing, unreadable,
-    not a state dict, or does not fit the architecture (missing/unexpected keys, wrong shapes).
-    """
-    if not os.path.isfile(checkpoint_path):
-        raise CheckpointError(f"RAFT checkpoint {checkpoint_path!r} does not exist")
-    try:
-        state_dict = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupted file, pickle with non-tensor objects, ...
-        raise CheckpointError(
-            f"RAFT checkpoint {checkpoint_path!r} could not be read as a state dict of tensors: {error}"
-        ) from error
-    if not isinstance(state_dict, dict) or not all(torch.is_tensor(value) for value in state_dict.values()):
-        raise CheckpointError(
-            f"RAFT checkpoint {checkpoint_path!r} must hold a flat state dict (parameter name -> tensor), "
-            f"got {type(state_dict).__name__}"
-        )
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"RAFT checkpoint {checkpoint_path!r} does not fit {type(model).__name__}: "
-            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]} "
-            "(is it a checkpoint of the other RAFT size?)"
-        )
-    wrong_shapes = [
-        f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(expected[name].shape)}"
-        for name, value in state_dict.items()
-        if value.shape != expected[name].shape
-    ]
-    if wrong_shapes:
-        raise CheckpointError(
-            f"RAFT checkpoint {checkpoint_path!r} has tensors of the wrong shape: {wrong_shapes[:5]}"
-        )
-    model.load_state_dict(state_dict, strict=True)
 
 
 @TRACKERS.register("raft")
@@ -138,10 +98,8 @@ class RaftTracker(PointTracker):
         neither, RAFT keeps its random initialisation (tests, benchmarks)."""
         if self.weights_path is not None or (self.checkpoint is None and self.checkpoint_path is None):
             return
-        from sampt.checkpoints import resolve_checkpoint
-
         path = os.fspath(resolve_checkpoint(self.checkpoint, self.checkpoint_path))
-        load_raft_state_dict(self.raft, path)
+        load_state_dict_file(self.raft, path, f"RAFT ({self.model_name})")
         self.weights_path = path
 
     def train(self, mode: bool = True) -> "RaftTracker":
