@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -23,12 +24,25 @@ from sampt.sam.backends import SamConfig
 from sampt.sam.model import SamModel
 from sampt.trackers.base import PointTracker
 from sampt.video import VideoItem, davis_palette
-from sampt.writers import (atomic_open, sequence_is_complete, write_object_pngs, write_sequence_pngs,
+from sampt.errors import SamptError
+from sampt.writers import (atomic_open, completed_sequence, write_object_pngs, write_sequence_pngs,
                            write_trajectories, zip_annotations, zip_sequences)
 
 log = logging.getLogger(__name__)
 
 GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+#: What a rerun does with a video an earlier run finished with another configuration.
+STALE_RESULT_ACTIONS = ("recompute", "error")
+
+
+class StaleResultsError(SamptError):
+    """An output folder holds a video finished with another configuration, and the run was told
+    not to overwrite it."""
+
+
+def say(message: str) -> None:
+    """One line for the user on stderr, printed cleanly above any progress bar."""
+    tqdm.write(message, file=sys.stderr)
 
 
 class SamPtModule(pl.LightningModule):
@@ -54,6 +68,11 @@ class SamPtModule(pl.LightningModule):
             ``output_dir`` is an ``Annotations`` folder (YouTube-VOS, MOSE), else
             ``<video>/<frame>.png`` (DAVIS test-dev).
         frame_progress_min_frames: show a per-frame progress bar for videos at least this long.
+        on_stale_results: what a rerun into the same ``output_dir`` does with a video an earlier
+            run finished with a different configuration, weights, input or sampt version (its
+            completion marker records a fingerprint of all of them): ``recompute`` it (default;
+            the run says which videos and what changed) or stop with an ``error``. Videos with an
+            identical fingerprint are reused and counted in the run's summary.
     """
 
     def __init__(
@@ -71,8 +90,13 @@ class SamPtModule(pl.LightningModule):
         save_object_pngs: bool = False,
         zip_results: bool = False,
         frame_progress_min_frames: int = 100,
+        on_stale_results: str = "recompute",
     ):
         super().__init__()
+        if on_stale_results not in STALE_RESULT_ACTIONS:
+            raise ValueError(f"on_stale_results must be one of {', '.join(STALE_RESULT_ACTIONS)}, "
+                             f"got {on_stale_results!r}")
+        self.on_stale_results = on_stale_results
         self.sam_config = sam
         self.sam_pt_config = sam_pt
         # SAM is built in ``setup``: weights resolve (and may fail with a clear CheckpointError)
@@ -94,6 +118,9 @@ class SamPtModule(pl.LightningModule):
         self._seconds_processed = 0.0
         self._stage_seconds: dict[str, float] = {}
         self._videos_seen = 0
+        self._resume_counts = {"computed": 0, "reused": 0, "stale": 0, "unscored": 0}
+        # Temporaries older than this process come from an interrupted earlier run.
+        self._started_at = time.time()
 
     def setup(self, stage: str) -> None:
         if self.sam is None:
@@ -143,16 +170,71 @@ class SamPtModule(pl.LightningModule):
             info["tracker_checkpoint"] = {"path": str(tracker_weights), "md5": file_md5(tracker_weights)}
         return info
 
+    def method_description(self) -> dict[str, Any]:
+        """The resolved configuration of the method: every option that changes its predictions."""
+        return {
+            "sam": self.sam_config,
+            "tracker": {"class": type(self.tracker), "options": self.tracker.init_options},
+            "sam_pt": self.sam_pt_config,
+        }
+
+    def weights_md5(self) -> dict[str, str]:
+        """md5 of every weights file the method loaded (memoised per file by ``file_md5``)."""
+        from sampt.checkpoints import file_md5
+
+        files = {"sam": getattr(self.sam, "weights_path", None), "tracker": getattr(self.tracker, "weights_path", None)}
+        return {name: file_md5(path) for name, path in files.items() if path is not None}
+
+    def video_determined_by(self, video: VideoItem) -> dict[str, Any]:
+        """Everything ``video``'s predicted masks depend on (its fingerprint's description)."""
+        from sampt.fingerprint import sampt_version
+
+        objects = [{"id": o.object_id, "query_frame": o.query_frame,
+                    "mask": o.mask, "points": o.points} for o in video.objects]
+        return {
+            "sampt_version": sampt_version(),
+            "method": self.method_description(),
+            "weights_md5": self.weights_md5(),
+            "video": {"name": video.name, "frames": list(video.frame_names),
+                      "input_size": list(video.frames.shape[-2:]), "output_size": list(video.output_size),
+                      "objects": objects},
+        }
+
+    def _reusable(self, video: VideoItem, frames_to_save: list[str], determined_by: dict[str, Any]) -> bool:
+        """Whether an earlier run's masks of ``video`` may be reused; says why not when stale."""
+        from sampt.fingerprint import canonical, changed_keys, fingerprint
+
+        manifest = completed_sequence(self.output_dir, video.name, frames_to_save)
+        if manifest is None:
+            return False
+        if manifest.get("fingerprint") == fingerprint(determined_by):
+            return True
+        previous = manifest.get("determined_by")
+        changed = changed_keys(previous, canonical(determined_by)) if isinstance(previous, dict) else \
+            ["(the earlier run recorded no fingerprint)"]
+        what = ", ".join(changed[:8]) + (f", ... ({len(changed)} in all)" if len(changed) > 8 else "")
+        if self.on_stale_results == "error":
+            raise StaleResultsError(
+                f"{video.name}: {self.output_dir / video.name} was finished by an earlier run with a different "
+                f"configuration (changed: {what}). Write to another output_dir, or rerun with "
+                "--model.init_args.on_stale_results recompute to overwrite it.")
+        say(f"sampt: {video.name}: earlier results in {self.output_dir / video.name} came from a different "
+            f"configuration (changed: {what}); recomputing")
+        self._resume_counts["stale"] += 1
+        return False
+
     # -- per video -----------------------------------------------------------------------------
     def _run_video(self, video: VideoItem) -> tuple[Optional[torch.Tensor], Optional[SamPtResult]]:
         """Index masks ``(T, h, w) uint8`` and the pipeline's result for the video.
 
-        A video that a previous run finished (see ``sampt.writers.sequence_is_complete``) is not
-        recomputed: its masks are read back when evaluation needs them (every frame was saved),
-        else ``(None, None)`` is returned.
+        A video that a previous run finished with the same fingerprint (see
+        :meth:`video_determined_by`) is not recomputed: its masks are read back when evaluation
+        needs them (every frame was saved), else ``(None, None)`` is returned.
         """
         frames_to_save = list(video.save_frames) if video.save_frames is not None else list(video.frame_names)
-        if sequence_is_complete(self.output_dir, video.name, frames_to_save):
+        determined_by = self.video_determined_by(video)
+        if self._reusable(video, frames_to_save, determined_by):
+            self._resume_counts["reused"] += 1
             if len(frames_to_save) == video.num_frames:
                 log.info("%s: complete in %s, reading it back instead of recomputing", video.name, self.output_dir)
                 paths = [self.output_dir / video.name / f"{name}.png" for name in video.frame_names]
@@ -192,7 +274,8 @@ class SamPtModule(pl.LightningModule):
             write_object_pngs(self.output_dir, video.name, video.frame_names, index_masks.numpy(), object_ids)
         # Written last: its completion marker tells a rerun that this video is done.
         write_sequence_pngs(self.output_dir, video.name, video.frame_names, index_masks.numpy(),
-                            video.palette or davis_palette(), video.save_frames)
+                            video.palette or davis_palette(), video.save_frames, determined_by=determined_by)
+        self._resume_counts["computed"] += 1
         self._save_tracks(video, result.trajectories, result.visibilities, result.reasons, object_ids)
         return index_masks, result
 
@@ -243,16 +326,32 @@ class SamPtModule(pl.LightningModule):
         self._reset_counters()
 
     def _reset_counters(self) -> None:
+        from sampt.io.atomic import remove_stray_temporaries
+
         self._frames_processed, self._seconds_processed, self._videos_seen = 0, 0.0, 0
         self._stage_seconds = {}
+        self._resume_counts = dict.fromkeys(self._resume_counts, 0)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.trainer.is_global_zero:
+            removed = remove_stray_temporaries(self.output_dir.parent, older_than=self._started_at)
+            if removed:
+                say(f"sampt: removed {len(removed)} temporary file(s) an interrupted earlier run left in "
+                    f"{self.output_dir.parent}")
 
     def test_step(self, video: VideoItem, batch_idx: int) -> None:
         index_masks, result = self._run_video(video)
         self._visualize(video, index_masks, result)
         self._videos_seen += 1
-        if video.ground_truth is not None and index_masks is not None:
-            self.jf.update(video.name, None, video.ground_truth.cpu(), index_masks)
+        if video.ground_truth is None or index_masks is None:
+            return
+        if self.skip_first_and_last and video.ground_truth.shape[0] < 3:
+            # The official protocol scores frames 1..T-2: a video this short has none to score.
+            say(f"sampt: warning: {video.name} has {video.ground_truth.shape[0]} frame(s); the protocol "
+                "(skip_first_and_last) scores none of them, so it is excluded from J&F "
+                "(its predictions are written)")
+            self._resume_counts["unscored"] += 1
+            return
+        self.jf.update(video.name, None, video.ground_truth.cpu(), index_masks)
 
     def predict_step(self, video: VideoItem, batch_idx: int) -> dict[str, Any]:
         index_masks, result = self._run_video(video)
@@ -273,6 +372,7 @@ class SamPtModule(pl.LightningModule):
 
     def _finish_outputs(self) -> None:
         self._log_speed()
+        self._report_resume()
         if self.zip_results:
             self.trainer.strategy.barrier()  # every rank has written its videos
             if self.trainer.is_global_zero:
@@ -288,6 +388,7 @@ class SamPtModule(pl.LightningModule):
         rows = self.jf.per_object_table() if self.jf.update_count else []
         if not rows:
             self.jf.reset()
+            self._report_outputs()
             return
         table = {k: float(v) for k, v in self.jf.compute().items()}
         per_sequence = self.jf.per_sequence_table()
@@ -296,11 +397,42 @@ class SamPtModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             self._write_results(table, rows)
             self._log_sequences(per_sequence)
-            print(format_global_table(table))
+            sys.stdout.flush()
+            tqdm.write(format_global_table(table).rstrip("\n"))
         self.jf.reset()
+        split = getattr(self.trainer.datamodule, "split", "val") if self.trainer.datamodule is not None else "val"
+        self._report_outputs(self.output_dir.parent / f"global_results-{split}.csv")
 
     def on_predict_epoch_end(self) -> None:
         self._finish_outputs()
+        self._report_outputs()
+
+    def _report_resume(self) -> None:
+        """One summary line: how many videos were computed, reused and excluded (all ranks)."""
+        keys = list(self._resume_counts)
+        counts = self.all_gather(torch.tensor([float(self._resume_counts[k]) for k in keys], dtype=torch.float64))
+        if counts.ndim > 1:
+            counts = counts.sum(0)
+        if not self.trainer.is_global_zero:
+            return
+        total = dict(zip(keys, (int(c) for c in counts.tolist())))
+        line = f"sampt: {total['computed'] + total['reused']} videos: {total['computed']} computed"
+        if total["reused"] or total["stale"]:
+            line += f", {total['reused']} reused from an earlier run in {self.output_dir} (same fingerprint)"
+        if total["stale"]:
+            line += f", {total['stale']} recomputed because their configuration changed"
+        if total["unscored"]:
+            line += f"; {total['unscored']} excluded from J&F (fewer than 3 frames)"
+        say(line)
+
+    def _report_outputs(self, results: Optional[Path] = None) -> None:
+        """The run's last line: where its outputs are."""
+        if not self.trainer.is_global_zero:
+            return
+        where = f"sampt: predictions in {self.output_dir}"
+        if results is not None:
+            where += f"; results in {results}"
+        say(where + f"; config and logs in {self.output_dir.parent}")
 
     def _log_speed(self) -> None:
         frames = torch.tensor([float(self._frames_processed), self._seconds_processed], dtype=torch.float64)

@@ -16,15 +16,15 @@ import csv
 import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import IO, Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from sampt.io.atomic import atomic_open, write_text_atomic  # noqa: F401  (re-exported)
 from sampt.video import davis_palette
 from sampt.visibility import VisibilityReason
 
@@ -47,39 +47,6 @@ def _to_numpy(array: ArrayLike) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         return array.detach().cpu().numpy()
     return np.asarray(array)
-
-
-@contextlib.contextmanager
-def atomic_open(path: PathLike, mode: str = "wb", **kwargs) -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success it replaces ``path`` atomically.
-
-    The parent folder is created if needed. On an exception the temporary file is removed and
-    ``path`` is left as it was.
-    """
-    if "w" not in mode:
-        raise ValueError(f"atomic_open only writes; got mode {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder as the destination: os.replace is only atomic within one file system.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp_name, 0o666 & ~_current_umask())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_palette(palette: Optional[Sequence[int]]) -> list[int]:
@@ -145,8 +112,13 @@ def write_sequence_pngs(
     index_masks: ArrayLike,
     palette: Optional[Sequence[int]] = None,
     save_frames: Optional[Sequence[str]] = None,
+    determined_by: Optional[dict] = None,
 ) -> list[Path]:
     """Write ``<out_dir>/<sequence>/<frame>.png`` index PNGs, then the completion marker.
+
+    The marker lists the frames written and, when given, ``determined_by``: the description of
+    everything the masks depend on and its fingerprint (``sampt.fingerprint``), so that a later
+    run reuses them only when that is unchanged.
 
     Args:
         frame_names: the T frame stems, in video order.
@@ -173,28 +145,41 @@ def write_sequence_pngs(
         path = Path(out_dir) / sequence / f"{frame_names[index]}.png"
         write_index_png(path, masks[index], palette)
         written.append(path)
-    manifest = {"sequence": sequence, "frames": [frame_names[i] for i in indices]}
+    manifest: dict = {"sequence": sequence, "frames": [frame_names[i] for i in indices]}
+    if determined_by is not None:
+        from sampt.fingerprint import canonical, fingerprint
+
+        manifest["fingerprint"] = fingerprint(determined_by)
+        manifest["determined_by"] = canonical(determined_by)
     with atomic_open(marker, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle)
     return written
 
 
-def sequence_is_complete(out_dir: PathLike, sequence: str, expected_frames: Sequence[str]) -> bool:
-    """True when a previous run finished writing exactly ``expected_frames`` of ``sequence``.
+def completed_sequence(out_dir: PathLike, sequence: str, expected_frames: Sequence[str]) -> Optional[dict]:
+    """The completion manifest of ``sequence`` when a previous run finished writing exactly
+    ``expected_frames`` of it, else None.
 
     Requires the completion marker, a manifest listing the same frames, and every PNG present;
     anything else (no marker, other frames, a deleted PNG, an unreadable marker) means the
-    sequence must be recomputed.
+    sequence must be recomputed. Whether the run that wrote it had the same configuration is
+    the caller's check (the manifest's ``fingerprint``).
     """
     marker = _marker_path(out_dir, sequence)
     try:
         manifest = json.loads(marker.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
+        return None
     if not isinstance(manifest, dict) or sorted(manifest.get("frames", [])) != sorted(expected_frames):
-        return False
+        return None
     folder = Path(out_dir) / sequence
-    return all((folder / f"{name}.png").is_file() for name in expected_frames)
+    return manifest if all((folder / f"{name}.png").is_file() for name in expected_frames) else None
+
+
+def sequence_is_complete(out_dir: PathLike, sequence: str, expected_frames: Sequence[str]) -> bool:
+    """True when a previous run finished writing exactly ``expected_frames`` of ``sequence``
+    (see :func:`completed_sequence`; the configuration is not compared)."""
+    return completed_sequence(out_dir, sequence, expected_frames) is not None
 
 
 def write_object_pngs(
@@ -338,12 +323,6 @@ def write_trajectories(
                         if codes is not None:
                             row.append(REASON_NAMES[codes[t, m, p]])
                         writer.writerow(row)
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, exactly as given (UTF-8, no newline translation)."""
-    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
 
 
 # The resolved config is saved like any other text file.

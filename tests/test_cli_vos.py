@@ -1,6 +1,7 @@
 """`sampt test` end to end on DAVIS layouts with the tiny SAM and a static tracker."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,48 @@ def test_resume_skips_complete_sequences_and_redoes_partial_ones(davis2017_sampl
     assert kept.stat().st_mtime_ns == kept_mtime  # complete: read back, not rewritten
     assert removed.is_file()  # partial: recomputed
     assert (tmp_path / "global_results-val.csv").read_text() == first
+
+
+def test_rerun_with_another_configuration_recomputes_and_says_what_changed(davis2017_sample, tmp_path, capsys):
+    run_test("configs/d17.yaml", davis2017_sample, tmp_path, "--data.init_args.max_videos", "1")
+    assert "1 videos: 1 computed" in capsys.readouterr().err
+    marker = json.loads((tmp_path / "predictions/blackswan/.complete").read_text())
+    assert marker["determined_by"]["method"]["sam_pt"]["seed"] == 0 and len(marker["fingerprint"]) == 64
+
+    run_test("configs/d17.yaml", davis2017_sample, tmp_path, "--data.init_args.max_videos", "1")
+    err = capsys.readouterr().err
+    assert "1 videos: 0 computed, 1 reused from an earlier run" in err
+
+    # Another seed: the old masks must not be reported as this configuration's result.
+    run_test("configs/d17.yaml", davis2017_sample, tmp_path, "--data.init_args.max_videos", "1",
+             "--seed_everything", "7")
+    err = capsys.readouterr().err
+    assert "blackswan: earlier results" in err and "method.sam_pt.seed" in err
+    assert "1 computed, 0 reused" in err and "1 recomputed because their configuration changed" in err
+    marker = json.loads((tmp_path / "predictions/blackswan/.complete").read_text())
+    assert marker["determined_by"]["method"]["sam_pt"]["seed"] == 7
+
+    # Told to refuse, a changed option stops the run and names the video and the option.
+    with pytest.raises(SystemExit) as exit_info:
+        run_test("configs/d17.yaml", davis2017_sample, tmp_path, "--data.init_args.max_videos", "1",
+                 "--seed_everything", "7", "--model.init_args.sam_pt.positive_points_per_mask", "2",
+                 "--model.init_args.on_stale_results", "error")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "blackswan" in err and "method.sam_pt.positive_points_per_mask" in err and "on_stale_results" in err
+    assert json.loads((tmp_path / "predictions/blackswan/.complete").read_text())["fingerprint"] == marker["fingerprint"]
+
+
+def test_stray_temporaries_of_an_interrupted_run_are_removed(davis2017_sample, tmp_path, capsys):
+    stray = tmp_path / "predictions/blackswan/.00001.png.abc123.tmp"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half a png")
+    os.utime(stray, (1e9, 1e9))
+    run_test("configs/d17.yaml", davis2017_sample, tmp_path, "--data.init_args.max_videos", "1")
+    assert not stray.exists()
+    err = capsys.readouterr().err
+    assert "removed 1 temporary file(s)" in err
+    assert f"predictions in {tmp_path / 'predictions'}" in err.strip().splitlines()[-1]
 
 
 def test_oracle_gives_perfect_scores_through_sampt_eval(tmp_path, capsys):

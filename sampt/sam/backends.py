@@ -26,14 +26,11 @@ imported inside the builders only.
 from __future__ import annotations
 
 import copy
-import os
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Optional, Union
 
-import torch
 from torch import nn
 
 from sampt.checkpoints import load_state_dict_file, resolve_checkpoint

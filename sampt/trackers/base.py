@@ -13,7 +13,10 @@ query frame to frame 0. Trackers hold no per-video state between calls.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,8 +26,41 @@ from sampt.registry import Registry
 TRACKERS: Registry["PointTracker"] = Registry("point tracker")
 
 
+def _recording_init_options(init):
+    """Wrap a tracker's ``__init__`` so the instance remembers the arguments it was built with."""
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        outermost = "_init_options" not in self.__dict__ and not self.__dict__.get("_recording_init", False)
+        if outermost:
+            object.__setattr__(self, "_recording_init", True)
+        init(self, *args, **kwargs)
+        if outermost:
+            bound = inspect.signature(init).bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            options = dict(bound.arguments)
+            options.pop(next(iter(options)))  # self
+            object.__setattr__(self, "_init_options", options)
+            object.__setattr__(self, "_recording_init", False)
+
+    return wrapper
+
+
 class PointTracker(nn.Module, ABC):
-    """Base class of point trackers (see the module docstring for shapes)."""
+    """Base class of point trackers (see the module docstring for shapes).
+
+    Every instance has ``init_options``: the constructor arguments it was built with, defaults
+    included (part of what identifies a result: see ``sampt.fingerprint``).
+    """
+
+    @property
+    def init_options(self) -> dict[str, Any]:
+        return dict(self.__dict__.get("_init_options", {}))
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init_options(cls.__dict__["__init__"])
 
     @abstractmethod
     def forward(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,74 @@
+"""The Lightning half of the ``sampt`` command: ``sampt test|predict|validate --config ...``.
+
+Imported by :mod:`sampt.cli` only for those subcommands, so that the tools start without
+Lightning.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+
+class SaveConfigNextToResults(SaveConfigCallback):
+    """Saves the resolved config in the log directory *and* next to the predictions."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        from sampt.writers import save_config
+
+        text = self.parser.dump(self.config, skip_none=False)
+        output_dir = getattr(pl_module, "output_dir", None)
+        if output_dir is not None and trainer.is_global_zero:
+            save_config(Path(output_dir).parent / "config.yaml", text)
+
+
+class SamptCLI(LightningCLI):
+    """LightningCLI without ``fit`` (sampt is zero-shot) and with sampt's parser defaults."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "fit"}
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # The module writes every prediction to disk; Lightning's default would also keep
+            # them all (every video's masks) in memory until the run ends.
+            parser.set_defaults(return_predictions=False)
+        return parser
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # One seed for everything: Lightning's global seed also seeds SAM-PT's per-video sampling.
+        parser.link_arguments("seed_everything", "model.init_args.sam_pt.seed",
+                              compute_fn=lambda seed: 0 if seed in (None, True, False) else int(seed))
+
+
+def _trainer_defaults() -> dict:
+    return {
+        # Videos are split across ranks by the data modules' own sampler, without padding.
+        "use_distributed_sampler": False,
+        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                   "init_args": {"save_dir": "outputs", "name": "sampt"}},
+        "devices": 1,
+        "enable_checkpointing": False,
+    }
+
+
+def run_lightning_cli(args: Optional[Sequence[str]] = None) -> None:
+    """Parse ``args`` (None: ``sys.argv``) and run the model subcommand they name."""
+    from sampt.datamodules.base import VideoDataModule
+    from sampt.lightning import SamPtModule
+
+    SamptCLI(
+        SamPtModule,
+        VideoDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        trainer_defaults=_trainer_defaults(),
+        save_config_callback=SaveConfigNextToResults,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )
