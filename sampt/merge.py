@@ -3,7 +3,9 @@
 For each object, frames before its query frame are background and its query frame is its
 given query mask (resized to the output size with nearest neighbour); then per pixel the
 argmax over (background logit 0, object logits) wins: the strongest object with logit > 0.
-Objects keep their dataset ids in the index mask.
+A pixel where any object's logit is NaN is background, as the original's softmax + argmax
+makes it (see ``SamPtConfig.original_empty_mask_upsampling``). Objects keep their dataset ids
+in the index mask.
 """
 from __future__ import annotations
 
@@ -55,5 +57,7 @@ class VosMerger:
                 mask = self.output_masks[m].to(logits.device)
                 logits[m] = torch.where(mask, _FORCED_LOGIT, -_FORCED_LOGIT)
         background = logits.new_zeros((1, *logits.shape[1:]))
-        winner = torch.cat([background, logits]).argmax(dim=0)
+        nan = logits.isnan().any(dim=0)
+        winner = torch.cat([background, logits.nan_to_num(nan=-_FORCED_LOGIT)]).argmax(dim=0)
+        winner[nan] = 0
         return self.ids.to(winner.device)[winner]

@@ -26,8 +26,9 @@ from sampt.trackers.base import PointTracker
 from sampt.video import VideoItem
 from sampt.visibility import VisibilityReason, mark_outside_frame
 
-# Logits are kept finite before bilinear resizing: -inf times a zero interpolation weight is NaN,
-# and NaN would win an argmax. Any value far below SAM's logit range behaves like -inf here.
+# With ``original_empty_mask_upsampling`` off, logits are kept finite before bilinear resizing:
+# -inf times a zero interpolation weight is NaN. Any value far below SAM's logit range behaves
+# like -inf here.
 EMPTY_LOGIT = -1e8
 
 
@@ -55,6 +56,14 @@ class SamPtConfig:
         reinit_embedding_cache_mib: SAM-PT-reinit's windows overlap; image embeddings of recent
             frames are cached (LRU) up to this many MiB on the SAM device (0: no cache).
         seed: seeds query-point sampling and other random choices of one video (with its name).
+        original_empty_mask_upsampling: reproduce the original's resize of an empty mask's
+            ``-inf`` logits to the output size (default, as SAM-PT's published numbers were made).
+            Bilinear upsampling gives NaN on row 0 and column 0 there (``-inf x 0``), and the
+            original's VOS merge (softmax, then argmax) writes background on every NaN pixel,
+            even where another object is foreground: at most ``(h + w - 1) / (h w)`` of a frame,
+            0.28% at 720p, and only when frames are upsampled (input smaller than output, e.g.
+            YouTube-VOS 1280x720 from 1024x576). False: empty masks get a finite floor
+            (``EMPTY_LOGIT``) first, so the other objects keep those pixels.
     """
 
     positive_point_selection_method: str = "kmedoids"
@@ -81,6 +90,7 @@ class SamPtConfig:
     reinit_stop_when_missing: bool = False
     reinit_embedding_cache_mib: int = 1024
     seed: int = 0
+    original_empty_mask_upsampling: bool = True
 
     def __post_init__(self) -> None:
         if self.point_tracker_mask_batch_size < 1:
@@ -154,7 +164,9 @@ class FrameOutput:
 
     Attributes:
         t: frame index.
-        logits: ``(M, h, w) float32`` at output size; ``EMPTY_LOGIT`` where the mask is empty.
+        logits: ``(M, h, w) float32`` at output size; ``EMPTY_LOGIT`` where the mask is empty,
+            NaN where the original's upsampling of an empty mask gives NaN (see
+            ``SamPtConfig.original_empty_mask_upsampling``).
         scores: ``(M,) float32`` SAM's predicted IoU; ``-inf`` for objects without a prompt.
         has_score: ``(M,) bool``.
     """
@@ -342,7 +354,8 @@ class SamPt:
                 prediction = prompter.predict_frame(embedding, prompts)
                 timings["mask_decoder"] += time.perf_counter() - tic
                 tic = time.perf_counter()
-                logits = resize_logits(prediction.logits, output_size)
+                logits = resize_logits(prediction.logits, output_size,
+                                       self.config.original_empty_mask_upsampling)
                 timings["resize"] += time.perf_counter() - tic
                 yield FrameOutput(t, logits, prediction.scores.cpu(), prediction.has_score.cpu()), \
                     prediction.num_decoder_calls
@@ -411,9 +424,19 @@ def video_scores(scores_per_frame: torch.Tensor, has_score: torch.Tensor) -> tor
     return counted.sum(0) / has_score.sum(0).clamp(min=1)
 
 
-def resize_logits(logits: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-    """``(M, H, W)`` logits -> ``(M, h, w)`` float32 by bilinear interpolation (finite everywhere)."""
-    logits = logits.float().clamp(min=EMPTY_LOGIT)
+def resize_logits(logits: torch.Tensor, output_size: tuple[int, int],
+                  original_empty_mask_upsampling: bool = False) -> torch.Tensor:
+    """``(M, H, W)`` logits -> ``(M, h, w)`` float32 by bilinear interpolation.
+
+    The result is finite (``-inf`` floored at ``EMPTY_LOGIT``) except, with
+    ``original_empty_mask_upsampling``, where interpolating ``-inf`` gives NaN, as in the
+    original (see ``SamPtConfig.original_empty_mask_upsampling``).
+    """
+    logits = logits.float()
+    if original_empty_mask_upsampling and tuple(logits.shape[-2:]) != tuple(output_size):
+        logits = F.interpolate(logits[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
+        return torch.where(logits.isnan(), logits, logits.clamp(min=EMPTY_LOGIT))
+    logits = logits.clamp(min=EMPTY_LOGIT)
     if tuple(logits.shape[-2:]) != tuple(output_size):
         logits = F.interpolate(logits[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
     return logits

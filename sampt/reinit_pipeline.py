@@ -306,10 +306,12 @@ class _Emitter:
 
     def __init__(self, state: _VideoState, segmenter: WindowSegmenter, output_size: tuple[int, int],
                  height: int, width: int, on_frame: Callable[[FrameOutput], None],
-                 progress: Optional[Callable[[int], None]], timings: dict[str, float]):
+                 progress: Optional[Callable[[int], None]], timings: dict[str, float],
+                 original_empty_mask_upsampling: bool):
         self.state, self.segmenter = state, segmenter
         self.output_size, self.height, self.width = output_size, height, width
         self.on_frame, self.progress, self.timings = on_frame, progress, timings
+        self.original_empty_mask_upsampling = original_empty_mask_upsampling
         self.next_frame = 0
 
     def emit_before(self, end: int) -> None:
@@ -326,7 +328,7 @@ class _Emitter:
         if slot is not None and bool(slot.kept.any()):
             rows = torch.nonzero(slot.kept)[:, 0]
             logits[rows.to(device)] = self.segmenter.frame_logits(slot.compact[rows]).to(device)
-        output = FrameOutput(t, resize_logits(logits, self.output_size),
+        output = FrameOutput(t, resize_logits(logits, self.output_size, self.original_empty_mask_upsampling),
                              self.state.scores[t].clone(), self.state.has_score[t].clone())
         self.timings["emit"] += time.perf_counter() - tic
         tic = time.perf_counter()
@@ -555,7 +557,7 @@ def run_with_reinit(pipeline: SamPt, video: VideoItem, on_frame: Callable[[Frame
         has_score=torch.zeros(num_frames, num_objects, dtype=torch.bool),
     )
     emitter = _Emitter(state, segmenter, tuple(video.output_size), int(height), int(width), on_frame, progress,
-                       timings)
+                       timings, config.original_empty_mask_upsampling)
     # Backward first: its outputs (frames before each object's query frame) are then complete
     # when the forward pass starts, and the forward pass can emit frames as they become final.
     _ReinitPass(pipeline, frames, queries, BACKWARD, segmenter, state, rng, timings, on_window).run()

@@ -118,6 +118,23 @@ def test_rerun_with_another_configuration_recomputes_and_says_what_changed(davis
     assert json.loads((tmp_path / "predictions/blackswan/.complete").read_text())["fingerprint"] == marker["fingerprint"]
 
 
+def test_videos_too_short_to_score_are_excluded_with_a_warning(tmp_path, capsys):
+    from sampt.datamodules.dummy_davis import synthetic_multi_object_sequence, write_davis_2017
+
+    videos = {name: synthetic_multi_object_sequence(num_frames=n, height=48, width=64, seed=n)
+              for name, n in (("two", 2), ("four", 4))}
+    frames, masks = videos["two"]
+    videos["one"] = (frames[:1], masks[:1])
+    write_davis_2017(tmp_path / "tree", videos, splits={"val": list(videos)})
+    run_test("configs/d17.yaml", tmp_path / "tree", tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "two has 2 frame(s)" in err and "one has 1 frame(s)" in err
+    assert "2 excluded from J&F (fewer than 3 frames)" in err
+    _, rows = read_csv(tmp_path / "run/per-sequence_results-val.csv")
+    assert {r[0].rsplit("_", 1)[0] for r in rows} == {"four"}
+    assert len(list((tmp_path / "run/predictions/two").glob("*.png"))) == 2  # predicted all the same
+
+
 def test_stray_temporaries_of_an_interrupted_run_are_removed(davis2017_sample, tmp_path, capsys):
     stray = tmp_path / "predictions/blackswan/.00001.png.abc123.tmp"
     stray.parent.mkdir(parents=True)

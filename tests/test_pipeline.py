@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sampt.merge import VosMerger
 from sampt.pipeline import EMPTY_LOGIT, SamPt, SamPtConfig, output_scale, resize_logits, video_rng
@@ -132,6 +133,26 @@ def test_resize_logits_keeps_empty_masks_finite():
     resized = resize_logits(logits, (25, 40))
     assert torch.isfinite(resized).all()
     assert (resized[0] < EMPTY_LOGIT / 2).all() and (resized[1] > 0).any()
+
+
+@pytest.mark.parametrize("original", [True, False])
+def test_empty_mask_upsampling_follows_the_chosen_rule(original):
+    # Object 5's mask is empty (SAM-PT's -inf logits), object 9 covers the frame; frames are
+    # upsampled 10x16 -> 25x40 as when the input is smaller than the output (YouTube-VOS).
+    logits = torch.full((2, 10, 16), float("-inf"))
+    logits[1] = 4.0
+    resized = resize_logits(logits, (25, 40), original_empty_mask_upsampling=original)
+    merger = VosMerger([5, 9], [0, 0], torch.zeros(2, 10, 16, dtype=torch.bool), (25, 40))
+    merged = merger(1, resized)
+    if original:
+        # The original's own rule, computed independently: raw bilinear resize, softmax, argmax.
+        raw = F.interpolate(logits[None], size=(25, 40), mode="bilinear", align_corners=False)[0]
+        expected = torch.cat([torch.zeros(1, 25, 40), raw]).softmax(0).argmax(0)
+        expected = torch.tensor([0, 5, 9], dtype=torch.uint8)[expected]
+        assert torch.equal(merged, expected)
+        assert (merged[0] == 0).all() and (merged[:, 0] == 0).all() and (merged[1:, 1:] == 9).all()
+    else:
+        assert torch.isfinite(resized).all() and (merged == 9).all()
 
 
 def test_output_scale_must_be_isotropic():
