@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
 from tqdm import tqdm
 
 from sampt.errors import CheckpointError
-from sampt.writers import write_text_atomic
+from sampt.io.atomic import write_text_atomic
 
 if TYPE_CHECKING:  # torch is imported lazily so that `sampt checkpoints` starts fast
     import torch
@@ -138,6 +138,70 @@ CHECKPOINTS: dict[str, Checkpoint] = _table(
         "cotracker3_offline", "scaled_offline.pth",
         "https://huggingface.co/facebook/cotracker3/resolve/main/scaled_offline.pth",
         None, "tracker", "CoTracker3 offline, window 60 (no published md5)", 102,
+    ),
+    # TapNet (JAX/Haiku .npy trees, no published md5): SAM-PT's copy without the optimizer state
+    # (its docs link it on Google Drive), and DeepMind's original, of which only params/state are read.
+    Checkpoint(
+        "tapnet", "checkpoint_wo_optstate.npy",
+        "https://drive.google.com/uc?export=download&id=1fGhoW33k87OQQHUTmFobMUjEnRixhuqg",
+        None, "tracker", "TapNet TSM-ResNet18 (SAM-PT's cleaned checkpoint, no published md5)", 11,
+    ),
+    Checkpoint(
+        "tapnet_deepmind", "tapnet_checkpoint.npy",
+        "https://storage.googleapis.com/dm-tapnet/checkpoint.npy",
+        None, "tracker", "TapNet TSM-ResNet18 (DeepMind's checkpoint.npy, with optimizer state)", 34,
+    ),
+    # DeepMind's TAPIR / BootsTAPIR (google-deepmind/tapnet README); no md5 is published. The JAX
+    # .npy files are pickles (read with allow_pickle=True) converted on load.
+    Checkpoint(
+        "tapir_checkpoint_panning", "tapir_checkpoint_panning.npy",
+        "https://storage.googleapis.com/dm-tapnet/tapir_checkpoint_panning.npy",
+        None, "tracker", "TAPIR, panning-augmented training, JAX (SAM-PT's TAPIR)", 124,
+    ),
+    Checkpoint(
+        "tapir_checkpoint_panning_pt", "tapir_checkpoint_panning.pt",
+        "https://storage.googleapis.com/dm-tapnet/tapir_checkpoint_panning.pt",
+        None, "tracker", "TAPIR, panning-augmented training, PyTorch conversion", 124,
+    ),
+    Checkpoint(
+        "bootstapir_checkpoint_v2", "bootstapir_checkpoint_v2.pt",
+        "https://storage.googleapis.com/dm-tapnet/bootstap/bootstapir_checkpoint_v2.pt",
+        None, "tracker", "BootsTAPIR v2, PyTorch (official torch port)", 219,
+    ),
+    Checkpoint(
+        "bootstapir_checkpoint_v2_npy", "bootstapir_checkpoint_v2.npy",
+        "https://storage.googleapis.com/dm-tapnet/bootstap/bootstapir_checkpoint_v2.npy",
+        None, "tracker", "BootsTAPIR v2, JAX", 219,
+    ),
+    # Magic Leap's SuperPoint / SuperGlue weights (SAM-PT's SuperGlue tracker), pinned to a commit.
+    Checkpoint(
+        "superpoint_v1", "superpoint_v1.pth",
+        "https://github.com/magicleap/SuperGluePretrainedNetwork/raw/ddcf11f42e7e0732a0c4607648f9448ea8d73590/models/weights/superpoint_v1.pth",
+        None, "tracker", "SuperPoint keypoints and descriptors (SAM-PT's SuperGlue tracker)", 5.2,
+    ),
+    Checkpoint(
+        "superglue_outdoor", "superglue_outdoor.pth",
+        "https://github.com/magicleap/SuperGluePretrainedNetwork/raw/ddcf11f42e7e0732a0c4607648f9448ea8d73590/models/weights/superglue_outdoor.pth",
+        None, "tracker", "SuperGlue matcher, outdoor weights (SAM-PT's choice)", 48.2,
+    ),
+    Checkpoint(
+        "superglue_indoor", "superglue_indoor.pth",
+        "https://github.com/magicleap/SuperGluePretrainedNetwork/raw/ddcf11f42e7e0732a0c4607648f9448ea8d73590/models/weights/superglue_indoor.pth",
+        None, "tracker", "SuperGlue matcher, indoor weights", 48.2,
+    ),
+    # The PIPs / PIPs++ authors publish tar archives of reference_model/model-<step>.pth (model and
+    # Adam state, hence ~3x the parameter bytes), with no md5 of the archive; the PIPs trackers read
+    # the archive directly. SAM-PT lists md5 9f34c4cd5d6f54cb11e1911841ac702c for the extracted
+    # PIPs model-000200000.pth.
+    Checkpoint(
+        "pips_reference_model", "pips_reference_model.tar.gz",
+        "https://www.dropbox.com/s/glk6jmoa9yeervl/reference_model.tar.gz?dl=1",
+        None, "tracker", "PIPs reference model (aharley/pips, 200k steps; SAM-PT's PIPs)", 344,
+    ),
+    Checkpoint(
+        "pips_plus_plus_reference_model", "pips_plus_plus_reference_model.tar.gz",
+        "https://www.dropbox.com/scl/fi/czdlt2zc2ji2b7zd0pvoe/reference_model.tar.gz?rlkey=56ebq4g5dk01kyq8kuismev14&dl=1",
+        None, "tracker", "PIPs++ reference model (aharley/pips2; SAM-PT's PIPs++)", 211,
     ),
     # torchvision's published RAFT weights; torchvision pins a sha256 prefix in the file name,
     # not an md5, so the md5 is recorded on first download like CoTracker3's.
@@ -457,6 +521,42 @@ def load_state_dict_file(
         )
     module.load_state_dict(dict(state), strict=True)
     confirm_loaded(path)
+
+
+def ensure_checkpoints(names: Sequence[str], download: bool = True) -> dict[str, Path]:
+    """Make every checkpoint in ``names`` available before a run starts; their local paths.
+
+    When some are missing from the cache, first prints what the run needs (name, approximate
+    size, present or to download, total), then downloads them one by one. If a download fails
+    (offline, server error) one :class:`CheckpointError` lists *every* checkpoint still missing
+    with the commands that place it by hand, rather than failing on one file per attempt.
+    """
+    entries = [get_checkpoint(name) for name in dict.fromkeys(names)]
+    cache = cache_dir()
+    missing = [entry for entry in entries if not (cache / entry.filename).is_file()]
+    if missing:
+        lines = [f"sampt: this run needs {len(entries)} checkpoint(s) (cache: {cache}):"]
+        for entry in entries:
+            state = "to download" if entry in missing else "present"
+            lines.append(f"  {entry.name:34s} {entry.size_mb:8.0f} MB  {state}")
+        total = sum(entry.size_mb for entry in missing)
+        lines.append(f"  downloading {len(missing)} file(s), about {total:.0f} MB in all")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+    paths: dict[str, Path] = {}
+    for entry in entries:
+        try:
+            paths[entry.name] = resolve_checkpoint(entry.name, download=download)
+        except CheckpointError as error:
+            still_missing = [e for e in missing if e.name not in paths]
+            if entry not in missing or len(still_missing) <= 1:
+                raise
+            hints = "\n".join(f"- {e.name} ({e.filename}, about {e.size_mb:.0f} MB):\n  "
+                               + _manual_placement(e, cache).splitlines()[1].strip() for e in still_missing)
+            raise CheckpointError(
+                f"{error}\n\nThe run needs {len(still_missing)} checkpoint(s) that are not in the cache "
+                f"({cache}); place them all by hand with:\n{hints}"
+            ) from error
+    return paths
 
 
 def _md5_ok(checkpoint: Checkpoint, path: Path) -> Optional[bool]:

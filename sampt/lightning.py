@@ -19,7 +19,7 @@ from tqdm import tqdm
 from sampt.eval_vos import read_sequence_masks
 from sampt.merge import VosMerger
 from sampt.metrics.jf import DavisJF, official_sequence_rows
-from sampt.pipeline import SamPt, SamPtConfig, SamPtResult, output_scale
+from sampt.pipeline import SamPt, SamPtConfig, SamPtResult
 from sampt.sam.backends import SamConfig
 from sampt.sam.model import SamModel
 from sampt.trackers.base import PointTracker
@@ -121,8 +121,18 @@ class SamPtModule(pl.LightningModule):
         self._resume_counts = {"computed": 0, "reused": 0, "stale": 0, "unscored": 0}
         # Temporaries older than this process come from an interrupted earlier run.
         self._started_at = time.time()
+        self._checkpoints_ensured = False
+
+    def ensure_checkpoints(self) -> None:
+        """Every checkpoint the run needs, listed and fetched at once (one error offline)."""
+        from sampt.checkpoints import ensure_checkpoints
+
+        if not self._checkpoints_ensured:
+            ensure_checkpoints(self.sam_config.required_checkpoints() + self.tracker.required_checkpoints())
+            self._checkpoints_ensured = True
 
     def setup(self, stage: str) -> None:
+        self.ensure_checkpoints()
         if self.sam is None:
             self.sam = self.sam_config.build()
         self.tracker.prepare()
@@ -296,12 +306,16 @@ class SamPtModule(pl.LightningModule):
             return
         from sampt.overlay import overlay_strip, render_overlay_video, write_gif, write_mp4, write_png
 
-        to_input = 1 / output_scale(tuple(video.frames.shape[-2:]), video.output_size)
-        trajectories = (result.trajectories * to_input).numpy()
+        from sampt.datamodules.io import resize_rgb
+
+        # Overlays are drawn at the frame (output) size, where the masks and trajectories are:
+        # the model's input frames are upscaled to it when they were resized for the model.
+        frames = torch.stack([resize_rgb(frame, tuple(video.output_size)) for frame in video.frames.cpu()])
+        trajectories = result.trajectories.numpy()
         palette = video.palette or davis_palette()
         num_positive = result.queries.num_positive
         object_ids = [o.object_id for o in video.objects]
-        strip = overlay_strip(video.frames.cpu(), index_masks.numpy(), palette, trajectories,
+        strip = overlay_strip(frames, index_masks.numpy(), palette, trajectories,
                               result.visibilities.numpy(), result.reasons.numpy(),
                               num_positive=num_positive, object_ids=object_ids)
         folder = self.output_dir.parent / "overlays"
@@ -310,7 +324,7 @@ class SamPtModule(pl.LightningModule):
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
         if self.write_overlay_gif or self.write_overlay_mp4:
-            images = render_overlay_video(video.frames.cpu(), index_masks.numpy(), palette, trajectories,
+            images = render_overlay_video(frames, index_masks.numpy(), palette, trajectories,
                                           result.visibilities.numpy(), result.reasons.numpy(),
                                           num_positive=num_positive, object_ids=object_ids)
             if self.write_overlay_gif:

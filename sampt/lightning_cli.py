@@ -5,6 +5,7 @@ Lightning.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,10 +18,17 @@ class SaveConfigNextToResults(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         from sampt.writers import save_config
 
-        text = self.parser.dump(self.config, skip_none=False)
+        text = self.parser.dump(self.config, skip_unset=False) if _dump_has_skip_unset(self.parser) \
+            else self.parser.dump(self.config, skip_none=False)
         output_dir = getattr(pl_module, "output_dir", None)
         if output_dir is not None and trainer.is_global_zero:
             save_config(Path(output_dir).parent / "config.yaml", text)
+
+
+def _dump_has_skip_unset(parser) -> bool:
+    import inspect
+
+    return "skip_unset" in inspect.signature(parser.dump).parameters
 
 
 class SamptCLI(LightningCLI):
@@ -29,6 +37,16 @@ class SamptCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "fit"}
+
+    def _ensure_checkpoints(self) -> None:
+        # Before the trainer runs: a run that cannot start (missing checkpoints, offline) must not
+        # leave a new, empty TensorBoard version folder behind.
+        ensure = getattr(self.model, "ensure_checkpoints", None)
+        if ensure is not None:
+            ensure()
+
+    # LightningCLI calls before_<subcommand>() right before running it.
+    before_test = before_predict = before_validate = _ensure_checkpoints
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -59,6 +77,10 @@ def run_lightning_cli(args: Optional[Sequence[str]] = None) -> None:
     """Parse ``args`` (None: ``sys.argv``) and run the model subcommand they name."""
     from sampt.datamodules.base import VideoDataModule
     from sampt.lightning import SamPtModule
+
+    # Lightning's own calls of deprecated jsonargparse methods would print four warnings on every
+    # run that the user can do nothing about; jsonargparse's documented switch turns them off.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
     SamptCLI(
         SamPtModule,

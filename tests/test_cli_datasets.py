@@ -255,11 +255,12 @@ def test_demo_tiny_writes_masks_overlays_and_trajectories(tmp_path):
     with av.open(str(tmp_path / "overlays/car-shadow.mp4")) as container:
         video_frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     assert len(video_frames) == len(names)
-    # Overlays are drawn on the input frames (longest side from demo_tiny.yaml); even sizes here.
+    # Overlays are at the frame size, not the model's input size (longest side from demo_tiny.yaml);
+    # mp4 sides are padded to even numbers.
     longest = yaml.safe_load((REPO / "configs/demo_tiny.yaml").read_text())["data"]["init_args"]["longest_size"]
-    input_size = longest_side_shape(height, width, longest)
-    assert video_frames[0].shape == (*input_size, 3)
-    assert gif_frames[0].size == (input_size[1], input_size[0])
+    assert longest_side_shape(height, width, longest) != (height, width)
+    assert video_frames[0].shape == (height + height % 2, width + width % 2, 3)
+    assert gif_frames[0].size == (width, height)
 
     num_positive, objects = parse_query_points_file(REPO / "assets/demo/query_points.txt")
     given = objects[0][1]
@@ -302,10 +303,28 @@ def test_demo_without_checkpoints_offline_stops_with_the_checkpoint_error(tmp_pa
     assert exit_info.value.code not in (0, None)
     stderr = capsys.readouterr().err
     registry = sampt.checkpoints.CHECKPOINTS
-    named = [name for name in ("samhq_vit_h", "cotracker_stride_4_wind_8") if f"checkpoint '{name}'" in stderr]
-    assert named, stderr[-2000:]
-    checkpoint = registry[named[0]]
+    checkpoint = registry["mobile_sam_vit_t"]  # the light demo needs this one file only
+    assert "this run needs 1 checkpoint(s)" in stderr and "41 MB  to download" in stderr
+    assert f"checkpoint '{checkpoint.name}'" in stderr
     assert checkpoint.url in stderr and checkpoint.filename in stderr
     assert str(tmp_path / "empty_cache") in stderr  # where to put it
     assert "Traceback" not in stderr
     assert not (tmp_path / "run" / "predictions").exists()
+
+
+def test_original_demo_lists_both_heavy_checkpoints_offline(tmp_path, monkeypatch, capsys):
+    import sampt.checkpoints
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setenv("SAMPT_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(sampt.checkpoints, "_urlopen", offline)
+    with pytest.raises(SystemExit):
+        run_cli("predict", "configs/demo.yaml", tmp_path / "run", "--config", "configs/demo_original.yaml",
+                tiny=False)
+    stderr = capsys.readouterr().err
+    assert "this run needs 2 checkpoint(s)" in stderr and "about 2668 MB in all" in stderr
+    for name in ("samhq_vit_h", "cotracker_stride_4_wind_8"):
+        entry = sampt.checkpoints.CHECKPOINTS[name]
+        assert f"curl -L -o {tmp_path / 'empty_cache' / entry.filename} {entry.url}" in stderr

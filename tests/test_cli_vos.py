@@ -135,6 +135,29 @@ def test_videos_too_short_to_score_are_excluded_with_a_warning(tmp_path, capsys)
     assert len(list((tmp_path / "run/predictions/two").glob("*.png"))) == 2  # predicted all the same
 
 
+def test_offline_run_lists_every_missing_checkpoint_before_failing(davis2017_sample, tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    from sampt import checkpoints
+
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("SAMPT_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(checkpoints, "_urlopen", offline)
+    with pytest.raises(SystemExit) as exit_info:
+        sampt_main(["test", "--config", "configs/d17.yaml", "--data.init_args.root", str(davis2017_sample),
+                    "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    # Before any download: what the run needs, with sizes.
+    assert "this run needs 2 checkpoint(s)" in err and "2564 MB  to download" in err and "97 MB  to download" in err
+    # One error for both files, each with its placement command.
+    for entry in (checkpoints.CHECKPOINTS["sam_vit_h"], checkpoints.CHECKPOINTS["cotracker_stride_4_wind_8"]):
+        assert f"curl -L -o {tmp_path / 'empty_cache' / entry.filename} {entry.url}" in err
+    assert not list((tmp_path / "run").rglob("version_*"))  # no TensorBoard folder for a run that never started
+
+
 def test_stray_temporaries_of_an_interrupted_run_are_removed(davis2017_sample, tmp_path, capsys):
     stray = tmp_path / "predictions/blackswan/.00001.png.abc123.tmp"
     stray.parent.mkdir(parents=True)

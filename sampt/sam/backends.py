@@ -464,6 +464,13 @@ class SamConfig:
     hq_token_only: bool = False
     random_init: bool = False
 
+    def required_checkpoints(self) -> list[str]:
+        """Registry names of the checkpoints :meth:`build` will resolve (none for explicit paths)."""
+        if self.random_init or self.checkpoint_path is not None:
+            return []
+        name = self.checkpoint if self.checkpoint is not None else get_sam_variant(self.backend, self.variant).checkpoint
+        return [name] if name is not None else []
+
     def build(self, device: Optional[str] = None) -> SamModel:
         return build_sam(
             backend=self.backend, variant=self.variant, checkpoint=self.checkpoint,

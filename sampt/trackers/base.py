@@ -69,6 +69,13 @@ class PointTracker(nn.Module, ABC):
         Returns ``(trajectories (B, T, N, 2) float32, visibilities (B, T, N) bool)``.
         """
 
+    def required_checkpoints(self) -> list[str]:
+        """Registry names of the checkpoints :meth:`prepare` will resolve: every constructor
+        argument named ``*checkpoint`` holding a name whose ``*checkpoint_path`` twin is unset."""
+        options = self.init_options
+        return [value for key, value in options.items()
+                if key.endswith("checkpoint") and isinstance(value, str) and options.get(f"{key}_path") is None]
+
     def prepare(self) -> None:
         """Resolve and load weights, once, before the first video (no-op for weight-free trackers).
 
