@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sampt.pipeline import SamPt, SamPtConfig
+from sampt.methods.sam_pt.method import SamPtMethod
+from sampt.methods.sam_pt.options import SamPtConfig
 from sampt.video import ObjectQuery, VideoItem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,12 +97,12 @@ def build_models(args: argparse.Namespace):
     return sam, tracker.to(args.device)
 
 
-def measure(pipeline: SamPt, video: VideoItem, device: str) -> dict:
+def measure(method: SamPtMethod, video: VideoItem, device: str) -> dict:
     frames = []
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     tic = time.perf_counter()
-    result = pipeline.run(video, lambda output: frames.append(output.t))
+    result = method.run(video, lambda output: frames.append(output.t))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - tic
@@ -136,15 +137,15 @@ def main(argv=None) -> int:
     reinit = dict(use_point_reinit=True, reinit_horizon=args.horizon, reinit_point_tracker_horizon=args.horizon,
                   reinit_variant=args.variant)
     rows = [
-        ("SAM-PT", SamPtConfig(**common)),
-        ("SAM-PT-reinit", SamPtConfig(**common, **reinit)),
-        ("SAM-PT-reinit, no embedding cache", SamPtConfig(**common, **reinit, reinit_embedding_cache_mib=0)),
+        ("SAM-PT", SamPtConfig.from_flat(**common)),
+        ("SAM-PT-reinit", SamPtConfig.from_flat(**common, **reinit)),
+        ("SAM-PT-reinit, no embedding cache", SamPtConfig.from_flat(**common, **reinit, reinit_embedding_cache_mib=0)),
     ]
     import warnings
 
     warnings.filterwarnings("ignore", message=".*is empty.*")  # re-initialisation on empty random masks
-    measure(SamPt(sam, tracker, rows[0][1]), video, args.device)  # warm-up
-    results = [(name, measure(SamPt(sam, tracker, config), video, args.device)) for name, config in rows]
+    measure(SamPtMethod.from_models(sam, tracker, rows[0][1]), video, args.device)  # warm-up
+    results = [(name, measure(SamPtMethod.from_models(sam, tracker, config), video, args.device)) for name, config in rows]
 
     print(f"clip: {video.name}, {video.num_frames} frames {tuple(video.frames.shape[-2:])}, "
           f"{len(video.objects)} objects (query frames {[o.query_frame for o in video.objects]}); "

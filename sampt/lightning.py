@@ -19,9 +19,10 @@ from tqdm import tqdm
 from sampt.eval_vos import read_sequence_masks
 from sampt.merge import VosMerger
 from sampt.metrics.jf import DavisJF, official_sequence_rows
-from sampt.pipeline import SamPt, SamPtConfig, SamPtResult
+from sampt.methods.base import MethodResult, VosMethod
+from sampt.methods.sam_pt.method import SamPtMethod
+from sampt.methods.sam_pt.options import SamPtConfig
 from sampt.sam.backends import SamConfig
-from sampt.sam.model import SamModel
 from sampt.trackers.base import PointTracker
 from sampt.video import VideoItem, davis_palette
 from sampt.errors import SamptError
@@ -97,12 +98,9 @@ class SamPtModule(pl.LightningModule):
             raise ValueError(f"on_stale_results must be one of {', '.join(STALE_RESULT_ACTIONS)}, "
                              f"got {on_stale_results!r}")
         self.on_stale_results = on_stale_results
-        self.sam_config = sam
-        self.sam_pt_config = sam_pt
-        # SAM is built in ``setup``: weights resolve (and may fail with a clear CheckpointError)
-        # only when a run starts, not when a config is merely parsed or printed.
-        self.sam: Optional[SamModel] = None
-        self.tracker = tracker
+        # The method builds SAM in ``prepare`` (called from ``setup``): weights resolve (and may
+        # fail with a clear CheckpointError) only when a run starts, not when a config is parsed.
+        self.method: VosMethod = SamPtMethod(sam, tracker, sam_pt)
         self.output_dir_option = output_dir
         self.skip_first_and_last = skip_first_and_last
         self.save_trajectories = save_trajectories
@@ -128,20 +126,13 @@ class SamPtModule(pl.LightningModule):
         from sampt.checkpoints import ensure_checkpoints
 
         if not self._checkpoints_ensured:
-            ensure_checkpoints(self.sam_config.required_checkpoints() + self.tracker.required_checkpoints())
+            ensure_checkpoints(self.method.required_checkpoints())
             self._checkpoints_ensured = True
 
     def setup(self, stage: str) -> None:
         self.ensure_checkpoints()
-        if self.sam is None:
-            self.sam = self.sam_config.build()
-        self.tracker.prepare()
-
-    @property
-    def pipeline(self) -> SamPt:
-        if self.sam is None:
-            raise RuntimeError("SamPtModule.setup() builds SAM before the first video")
-        return SamPt(self.sam, self.tracker, self.sam_pt_config)
+        # Lightning moves the method (a submodule) to the run's device after setup.
+        self.method.prepare()
 
     def _experiment(self):
         """The logger's backend (a TensorBoard ``SummaryWriter``), or None without a logger."""
@@ -161,39 +152,26 @@ class SamPtModule(pl.LightningModule):
 
     def protocol(self) -> dict[str, Any]:
         """The choices behind the numbers, logged and saved with every result."""
-        from sampt.checkpoints import file_md5
+        from sampt.fingerprint import canonical
 
         info: dict[str, Any] = {
             "skip_first_and_last": self.skip_first_and_last,
             "query_mode": "each object's mask on the first frame it is annotated (semi-supervised VOS); "
                           "point queries for videos given as points",
             "evaluation_resolution": "dataset annotation size (480p for DAVIS)",
-            "sam_variant": self.sam.variant,
-            "sam_pt": dict(vars(self.sam_pt_config)),
-            "tracker": type(self.tracker).__name__,
+            "model": self.method.describe_model(),
+            "method": canonical(self.method.description()),
         }
-        weights = getattr(self.sam, "weights_path", None)
-        if weights is not None:
-            info["sam_checkpoint"] = {"path": str(weights), "md5": file_md5(weights)}
-        tracker_weights = getattr(self.tracker, "weights_path", None)
-        if tracker_weights is not None:
-            info["tracker_checkpoint"] = {"path": str(tracker_weights), "md5": file_md5(tracker_weights)}
+        md5 = self.weights_md5()
+        for role, path in self.method.weight_files().items():
+            info[f"{role}_checkpoint"] = {"path": str(path), "md5": md5[role]}
         return info
-
-    def method_description(self) -> dict[str, Any]:
-        """The resolved configuration of the method: every option that changes its predictions."""
-        return {
-            "sam": self.sam_config,
-            "tracker": {"class": type(self.tracker), "options": self.tracker.init_options},
-            "sam_pt": self.sam_pt_config,
-        }
 
     def weights_md5(self) -> dict[str, str]:
         """md5 of every weights file the method loaded (memoised per file by ``file_md5``)."""
         from sampt.checkpoints import file_md5
 
-        files = {"sam": getattr(self.sam, "weights_path", None), "tracker": getattr(self.tracker, "weights_path", None)}
-        return {name: file_md5(path) for name, path in files.items() if path is not None}
+        return {role: file_md5(path) for role, path in self.method.weight_files().items()}
 
     def video_determined_by(self, video: VideoItem) -> dict[str, Any]:
         """Everything ``video``'s predicted masks depend on (its fingerprint's description)."""
@@ -203,7 +181,7 @@ class SamPtModule(pl.LightningModule):
                     "mask": o.mask, "points": o.points} for o in video.objects]
         return {
             "sampt_version": sampt_version(),
-            "method": self.method_description(),
+            "method": self.method.description(),
             "weights_md5": self.weights_md5(),
             "video": {"name": video.name, "frames": list(video.frame_names),
                       "input_size": list(video.frames.shape[-2:]), "output_size": list(video.output_size),
@@ -234,7 +212,7 @@ class SamPtModule(pl.LightningModule):
         return False
 
     # -- per video -----------------------------------------------------------------------------
-    def _run_video(self, video: VideoItem) -> tuple[Optional[torch.Tensor], Optional[SamPtResult]]:
+    def _run_video(self, video: VideoItem) -> tuple[Optional[torch.Tensor], Optional[MethodResult]]:
         """Index masks ``(T, h, w) uint8`` and the pipeline's result for the video.
 
         A video that a previous run finished with the same fingerprint (see
@@ -270,7 +248,7 @@ class SamPtModule(pl.LightningModule):
             index_masks[output.t] = merger(output.t, output.logits).cpu()
 
         try:
-            result = self.pipeline.run(video, on_frame, on_queries,
+            result = self.method.run(video, on_frame, on_queries,
                                        progress=(lambda t: bar.update(1)) if bar else None)
         finally:
             if bar is not None:
@@ -301,7 +279,7 @@ class SamPtModule(pl.LightningModule):
             trajectories.numpy(), visibilities.numpy(), object_ids,
             reasons=reasons.numpy(), frame_names=list(video.frame_names))
 
-    def _visualize(self, video: VideoItem, index_masks: torch.Tensor, result: Optional[SamPtResult]) -> None:
+    def _visualize(self, video: VideoItem, index_masks: torch.Tensor, result: Optional[MethodResult]) -> None:
         if result is None or index_masks is None or self._videos_seen >= self.num_visualized_videos:
             return
         from sampt.overlay import overlay_strip, render_overlay_video, write_gif, write_mp4, write_png

@@ -75,6 +75,12 @@ def _trainer_defaults() -> dict:
 
 def run_lightning_cli(args: Optional[Sequence[str]] = None) -> None:
     """Parse ``args`` (None: ``sys.argv``) and run the model subcommand they name."""
+    build_lightning_cli(args)
+
+
+def build_lightning_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> "SamptCLI":
+    """The CLI over ``args``; with ``run=False`` it only parses and instantiates (no subcommand
+    in ``args`` then), which is how tests check that building a config fetches nothing."""
     from sampt.datamodules.base import VideoDataModule
     from sampt.lightning import SamPtModule
 
@@ -82,7 +88,7 @@ def run_lightning_cli(args: Optional[Sequence[str]] = None) -> None:
     # run that the user can do nothing about; jsonargparse's documented switch turns them off.
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
-    SamptCLI(
+    return SamptCLI(
         SamPtModule,
         VideoDataModule,
         subclass_mode_model=True,
@@ -93,4 +99,5 @@ def run_lightning_cli(args: Optional[Sequence[str]] = None) -> None:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
+        run=run,
     )

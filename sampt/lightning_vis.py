@@ -5,7 +5,7 @@ Per video (SAM-PT's ``SamBasedVisToVosAdapter``):
 1. SAM's automatic mask generator proposes objects on frame 0 (``sampt.proposals``), at most
    ``proposals.max_num_masks`` in the generator's order; no proposal = no instance.
 2. The proposals become query masks at frame 0 and are tracked through the video by SAM-PT in
-   chunks of ``masks_batch_size`` proposals, each chunk a separate ``SamPt.run`` (as the original;
+   chunks of ``proposals_per_run`` proposals, each chunk a separate ``SamPt.run`` (as the original;
    smaller chunks lower peak memory).
 3. Each track's mask on frame t is ``logits > 0`` at the JSON's (height, width), encoded to RLE
    as the frame is produced (no ``(M, T, H, W)`` tensor is ever held); its score is SAM-PT's video
@@ -18,7 +18,7 @@ Per video (SAM-PT's ``SamBasedVisToVosAdapter``):
 
 Differences from the original: everything runs in float32 (the original's detectron2 test loop
 wrapped inference in CUDA ``autocast``, i.e. fp16 where autocast applies); query points are
-sampled with the per-video generator (``sampt.pipeline.video_rng``), not the global NumPy state;
+sampled with the per-video generator (``sampt.methods.sam_pt.pipeline.video_rng``), not the global NumPy state;
 a video without proposals yields no instance (the original fails stacking an empty list). As in
 the original, frame 0 is embedded by the generator and again by every SAM-PT run.
 
@@ -43,7 +43,9 @@ from tqdm import tqdm
 
 from sampt.eval_vis import format_stats_table, masks_to_rles, write_results_json
 from sampt.lightning import SamPtModule
-from sampt.pipeline import SamPtConfig, SamPtResult, output_scale
+from sampt.methods.base import MethodResult
+from sampt.methods.sam_pt.options import SamPtConfig
+from sampt.methods.sam_pt.pipeline import output_scale
 from sampt.proposals import ProposalConfig, propose_masks
 from sampt.sam.backends import SamConfig
 from sampt.trackers.base import PointTracker
@@ -61,18 +63,19 @@ PARTS_FOLDER = ".results_parts"
 def _vis_sam_pt_defaults() -> SamPtConfig:
     # SAM-PT's VIS setting: no iterative refinement, other objects' points not used as negatives,
     # all proposals of a chunk tracked in one tracker call.
-    return SamPtConfig(iterative_refinement_iterations=0, add_other_objects_positive_points_as_negative_points=False,
-                       point_tracker_mask_batch_size=100)
+    return SamPtConfig.from_flat(iterative_refinement_iterations=0,
+                                 add_other_objects_positive_points_as_negative_points=False,
+                                 point_tracker_mask_batch_size=100)
 
 
-def track_scores(result: SamPtResult, mode: str, nan_aware: bool = False) -> torch.Tensor:
+def track_scores(result: MethodResult, mode: str, nan_aware: bool = False) -> torch.Tensor:
     """``(M,) float32`` video scores of SAM-PT's tracks.
 
     ``original``: the mean of ``scores_per_frame`` over *all* frames, as the original computes it
     (``scores_per_frame.mean(0)``; ``nanmean`` with ``nan_aware``, the original's SAM-PT-reinit
     path); a frame without any visible point has score -inf, so such a track scores -inf (it ranks
     last, it is still a detection). ``prompted_frames_mean``: the mean over the frames SAM was
-    prompted on (``SamPtResult.scores``; 0 for a track never prompted).
+    prompted on (``MethodResult.scores``; 0 for a track never prompted).
     """
     if mode == "original":
         scores = result.scores_per_frame.float()
@@ -93,7 +96,7 @@ class SamPtVisModule(SamPtModule):
             (``iterative_refinement_iterations`` 0, ``add_other_objects_positive_points_as_negative_points``
             false, ``point_tracker_mask_batch_size`` 100).
         proposals: the automatic mask generator's settings and ``max_num_masks``.
-        masks_batch_size: proposals tracked per SAM-PT run.
+        proposals_per_run: proposals tracked per SAM-PT run.
         score: ``"original"`` (default; reproduces SAM-PT's numbers) or ``"prompted_frames_mean"``,
             see :func:`track_scores`.
     """
@@ -104,7 +107,7 @@ class SamPtVisModule(SamPtModule):
         tracker: PointTracker,
         sam_pt: SamPtConfig = _vis_sam_pt_defaults(),
         proposals: ProposalConfig = ProposalConfig(),
-        masks_batch_size: int = 100,
+        proposals_per_run: int = 100,
         score: str = "original",
         output_dir: Optional[str] = None,
         save_trajectories: bool = False,
@@ -112,8 +115,8 @@ class SamPtVisModule(SamPtModule):
         num_visualized_videos: int = 3,
         frame_progress_min_frames: int = 100,
     ):
-        if isinstance(masks_batch_size, bool) or not isinstance(masks_batch_size, int) or masks_batch_size < 1:
-            raise ValueError(f"masks_batch_size must be a positive integer, got {masks_batch_size!r}")
+        if isinstance(proposals_per_run, bool) or not isinstance(proposals_per_run, int) or proposals_per_run < 1:
+            raise ValueError(f"proposals_per_run must be a positive integer, got {proposals_per_run!r}")
         if score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
         super().__init__(sam=sam, tracker=tracker, sam_pt=sam_pt, output_dir=output_dir,
@@ -121,7 +124,7 @@ class SamPtVisModule(SamPtModule):
                          num_visualized_videos=num_visualized_videos,
                          frame_progress_min_frames=frame_progress_min_frames)
         self.proposal_config = proposals
-        self.masks_batch_size = masks_batch_size
+        self.proposals_per_run = proposals_per_run
         self.score_mode = score
         self.vis_ap = None  # built per epoch from the data module's GT
         self._parts_file = None
@@ -131,11 +134,11 @@ class SamPtVisModule(SamPtModule):
     # -- proposals and tracking (overridable: tests replace them by oracles) --------------------
     def propose(self, video: VideoItem) -> torch.Tensor:
         """``(M, H, W) bool`` proposals on frame 0 at input resolution."""
-        return propose_masks(self.sam, video.frames[0], self.proposal_config)
+        return propose_masks(self.method.sam, video.frames[0], self.proposal_config)
 
     def tracking_pipeline(self):
-        """What tracks the proposals: ``SamPt`` (anything with its ``run`` signature)."""
-        return self.pipeline
+        """What tracks the proposals: the method (anything with ``VosMethod.run``'s signature)."""
+        return self.method
 
     def protocol(self) -> dict[str, Any]:
         info = super().protocol()
@@ -144,7 +147,7 @@ class SamPtVisModule(SamPtModule):
             "task": "class-agnostic video instance segmentation (YouTube-VIS video mask AP)",
             "query_mode": "SAM automatic mask proposals on frame 0, each tracked by SAM-PT",
             "proposals": dataclasses.asdict(self.proposal_config),
-            "masks_batch_size": self.masks_batch_size,
+            "proposals_per_run": self.proposals_per_run,
             "score": self.score_mode,
             "evaluation_resolution": "(height, width) of the ground-truth JSON",
         })
@@ -161,16 +164,16 @@ class SamPtVisModule(SamPtModule):
         visualize = self._videos_seen < self.num_visualized_videos
         index_masks = torch.zeros((num_frames, *video.output_size), dtype=torch.uint8) if visualize else None
         entries: list[dict] = []
-        results: list[SamPtResult] = []
+        results: list[MethodResult] = []
         bar = None
         if num_frames >= self.frame_progress_min_frames and len(proposals):
-            bar = tqdm(total=num_frames * -(-len(proposals) // self.masks_batch_size), leave=False, unit="frame",
+            bar = tqdm(total=num_frames * -(-len(proposals) // self.proposals_per_run), leave=False, unit="frame",
                        desc=f"{video.name} frames")
         started = time.perf_counter()
         pipeline = self.tracking_pipeline()
         try:
-            for start in range(0, len(proposals), self.masks_batch_size):
-                chunk = proposals[start:start + self.masks_batch_size].bool()
+            for start in range(0, len(proposals), self.proposals_per_run):
+                chunk = proposals[start:start + self.proposals_per_run].bool()
                 objects = [ObjectQuery(object_id=start + i + 1, query_frame=0, mask=chunk[i])
                            for i in range(len(chunk))]
                 rles: list[list] = [[None] * num_frames for _ in objects]
@@ -187,7 +190,7 @@ class SamPtVisModule(SamPtModule):
 
                 result = pipeline.run(dataclasses.replace(video, objects=objects), on_frame,
                                       progress=(lambda t: bar.update(1)) if bar else None)
-                scores = track_scores(result, self.score_mode, nan_aware=self.sam_pt_config.use_point_reinit)
+                scores = track_scores(result, self.score_mode, nan_aware=self.method.config.reinit.use_point_reinit)
                 for i in range(len(objects)):
                     entries.append({"video_id": video_id, "score": float(scores[i]), "category_id": UVO_CATEGORY_ID,
                                     "segmentations": rles[i]})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampt.patch_matching import apply_patch_matching_filter, filter_visibilities, patch_similarity, rgb_to_lab
+from sampt.methods.sam_pt.patch_matching import apply_patch_matching_filter, filter_visibilities, patch_similarity, rgb_to_lab
 from sampt.visibility import VisibilityReason, apply_outside_frame, mark_outside_frame, reasons_from_visibility
 
 VISIBLE = int(VisibilityReason.VISIBLE)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from sampt.merge import VosMerger
-from sampt.pipeline import EMPTY_LOGIT, SamPt, SamPtConfig, output_scale, resize_logits, video_rng
+from sampt.methods.sam_pt.options import SamPtConfig
+from sampt.methods.sam_pt.pipeline import EMPTY_LOGIT, SamPt, output_scale, resize_logits, video_rng
 from sampt.trackers.base import PointTracker
 from sampt.trackers.trivial import ReplayTracker, StaticTracker
 from sampt.video import ObjectQuery, VideoItem
@@ -49,7 +50,7 @@ class RecordingTracker(StaticTracker):
         return super().forward(video, queries)
 
 
-CONFIG = SamPtConfig(positive_points_per_mask=4, negative_points_per_mask=1, iterative_refinement_iterations=1,
+CONFIG = SamPtConfig.from_flat(positive_points_per_mask=4, negative_points_per_mask=1, iterative_refinement_iterations=1,
                      sam_iou_threshold=-1.0, point_tracker_mask_batch_size=1)
 
 
@@ -91,7 +92,7 @@ def test_border_points_are_not_visible(tiny_sam):
     visibilities = torch.ones(5, 10, dtype=torch.bool)
     visibilities[2, 2] = False
     pipeline = SamPt(tiny_sam, ReplayTracker(trajectories, visibilities),
-                     SamPtConfig(**{**vars(CONFIG), "point_tracker_mask_batch_size": 2}))
+                     CONFIG.replace(point_tracker_mask_batch_size=2))
     queries = pipeline.make_queries(video, video_rng(0, video.name))
     tracks = pipeline.track(video.frames, queries)
     assert not tracks.visibilities[1, 0, 0] and tracks.reasons[1, 0, 0] == VisibilityReason.OUTSIDE_FRAME

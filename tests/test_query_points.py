@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampt.query_points import POINT_SELECTION_METHODS, query_points_from_masks, sample_points
+from sampt.methods.sam_pt.query_points import POINT_SELECTION_METHODS, query_points_from_masks, sample_points
 
 
 def textured_frame(height, width, seed=0):

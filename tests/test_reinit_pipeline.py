@@ -1,4 +1,4 @@
-"""SAM-PT-reinit's window loop (sampt.reinit_pipeline).
+"""SAM-PT-reinit's window loop (sampt.methods.sam_pt.reinit).
 
 Most tests inject a ``TableSegmenter``: instead of SAM it returns, for object m on frame t, a mask
 of exactly ``areas[t, m]`` pixels (a block filled in raster order from (row 5, col 5)), so the
@@ -10,6 +10,7 @@ SAM-PT with the tiny SAM, and end to end through ``sampt test``.
 from __future__ import annotations
 
 import json
+import dataclasses
 import math
 import warnings
 
@@ -17,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from sampt.pipeline import EMPTY_LOGIT, SamPt, SamPtConfig
-from sampt.reinit_pipeline import WindowSegmentation, WindowSegmenter, run_with_reinit
+from sampt.methods.sam_pt.method import SamPtMethod
+from sampt.methods.sam_pt.options import SamPtConfig
+from sampt.methods.sam_pt.pipeline import EMPTY_LOGIT, SamPt
+from sampt.methods.sam_pt.reinit import WindowSegmentation, WindowSegmenter, run_with_reinit
 from sampt.trackers.trivial import StaticTracker
 from sampt.video import ObjectQuery, VideoItem
 from sampt.visibility import VisibilityReason
@@ -84,7 +87,7 @@ def make_video(num_frames: int, query_frames: list[int], query_area: int = 200) 
 
 
 def run_table(tiny_sam, video, areas, **options):
-    config = SamPtConfig(positive_points_per_mask=4, negative_points_per_mask=1, positive_point_selection_method="random",
+    config = SamPtConfig.from_flat(positive_points_per_mask=4, negative_points_per_mask=1, positive_point_selection_method="random",
                          negative_point_selection_method="random", use_point_reinit=True,
                          **{"reinit_horizon": 4, "reinit_point_tracker_horizon": 4, **options})
     pipeline = SamPt(tiny_sam, StaticTracker(), config)
@@ -212,13 +215,12 @@ def test_vanishing_mask_stops_the_object_with_reinit_stop_when_missing(tiny_sam)
 
 def test_reinit_horizon_longer_than_tracker_horizon_is_rejected(tiny_sam):
     with pytest.raises(ValueError, match=r"reinit_horizon \(8\) must not exceed reinit_point_tracker_horizon \(4\)"):
-        SamPtConfig(use_point_reinit=True, reinit_horizon=8, reinit_point_tracker_horizon=4)
-    config = SamPtConfig(use_point_reinit=True, reinit_horizon=4, reinit_point_tracker_horizon=4)
-    config.reinit_horizon = 8  # changed after validation: run_with_reinit checks again
-    calls = []
+        SamPtConfig.from_flat(use_point_reinit=True, reinit_horizon=8, reinit_point_tracker_horizon=4)
+    config = SamPtConfig.from_flat(use_point_reinit=True, reinit_horizon=4, reinit_point_tracker_horizon=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.reinit.reinit_horizon = 8  # options cannot change after validation
     with pytest.raises(ValueError, match="must not exceed"):
-        SamPt(tiny_sam, StaticTracker(), config).run(make_video(6, [0]), calls.append)
-    assert calls == []
+        config.replace(reinit_horizon=8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,10 +237,10 @@ def sam_video(num_frames: int = 6) -> VideoItem:
 
 
 def sam_run(tiny_sam, video, **options):
-    config = SamPtConfig(positive_points_per_mask=4, negative_points_per_mask=1, iterative_refinement_iterations=2,
+    config = SamPtConfig.from_flat(positive_points_per_mask=4, negative_points_per_mask=1, iterative_refinement_iterations=2,
                          sam_iou_threshold=-1.0, **options)
     outputs = []
-    result = SamPt(tiny_sam, StaticTracker(), config).run(video, outputs.append)
+    result = SamPtMethod.from_models(tiny_sam, StaticTracker(), config).run(video, outputs.append)
     return result, outputs
 
 
@@ -283,7 +285,7 @@ def test_sampt_test_with_the_reinit_config(davis2017_sample, tmp_path, monkeypat
           "--config", "configs/test/tiny.yaml", "--config", "configs/model/sam_pt_reinit.yaml",
           "--data.init_args.root", str(davis2017_sample), "--data.init_args.max_frames", "6",
           "--data.init_args.longest_size", "256",
-          "--model.init_args.sam_pt.reinit_horizon", "4", "--model.init_args.sam_pt.reinit_point_tracker_horizon", "4",
+          "--model.init_args.sam_pt.reinit.reinit_horizon", "4", "--model.init_args.sam_pt.reinit.reinit_point_tracker_horizon", "4",
           "--model.output_dir", str(out / "predictions"), "--trainer.logger.init_args.save_dir", str(out)])
     for sequence in ("blackswan", "car-shadow"):
         pngs = sorted(p.name for p in (out / "predictions" / sequence).glob("*.png"))
@@ -291,10 +293,10 @@ def test_sampt_test_with_the_reinit_config(davis2017_sample, tmp_path, monkeypat
     header, values = (out / "global_results-val.csv").read_text().splitlines()
     assert header.startswith("J&F-Mean,J-Mean")
     assert all(0.0 <= float(v) <= 1.0 for v in values.split(",")[:3])
-    protocol = json.loads((out / "protocol.json").read_text())["protocol"]["sam_pt"]
-    assert protocol["use_point_reinit"] is True
-    assert protocol["reinit_horizon"] == 4 and protocol["reinit_variant"] == MEDIAN
-    assert protocol["positive_points_per_mask"] == 4  # the test config stays in effect
+    protocol = json.loads((out / "protocol.json").read_text())["protocol"]["method"]["sam_pt"]
+    assert protocol["reinit"]["use_point_reinit"] is True
+    assert protocol["reinit"]["reinit_horizon"] == 4 and protocol["reinit"]["reinit_variant"] == MEDIAN
+    assert protocol["query"]["positive_points_per_mask"] == 4  # the test config stays in effect
     tracks = np.load(out / "trajectories" / "blackswan.npz")
     assert tracks["trajectories"].shape[0] == 5 and "reasons" in tracks
 
@@ -331,7 +333,7 @@ def test_real_sam_windows_with_patch_filter_and_lk(tiny_sam):
 
     video = sam_video(7)
     video.objects[1].query_frame = 3
-    config = SamPtConfig(positive_points_per_mask=4, negative_points_per_mask=1, iterative_refinement_iterations=1,
+    config = SamPtConfig.from_flat(positive_points_per_mask=4, negative_points_per_mask=1, iterative_refinement_iterations=1,
                          sam_iou_threshold=-1.0, use_point_reinit=True, reinit_horizon=3,
                          reinit_point_tracker_horizon=4, use_patch_matching_filtering=True)
     outputs, windows = [], []

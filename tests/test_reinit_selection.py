@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from sampt.reinit import (
+from sampt.methods.sam_pt.options import ReinitOptions
+from sampt.methods.sam_pt.reinit_rules import (
     REINIT_VARIANTS,
-    ReinitConfig,
     all_missing,
     missing_entries,
     select_reinit_entries,
@@ -238,14 +238,14 @@ def test_selection_errors_are_clear():
 
 
 def test_reinit_config_defaults_and_validation():
-    config = ReinitConfig()
+    config = ReinitOptions()
     assert (config.use_point_reinit, config.reinit_point_tracker_horizon, config.reinit_horizon,
             config.reinit_variant, config.reinit_stop_when_missing) == (
         False, 24, 24, "reinit-at-median-of-area-diff", False)
-    ReinitConfig(reinit_point_tracker_horizon=32, reinit_horizon=16)
+    ReinitOptions(reinit_point_tracker_horizon=32, reinit_horizon=16)
     with pytest.raises(ValueError, match=r"reinit_horizon \(30\) must not exceed reinit_point_tracker_horizon \(24\)"):
-        ReinitConfig(reinit_horizon=30)
-    with pytest.raises(ValueError, match="unknown reinit_variant 'sometimes'"):
-        ReinitConfig(reinit_variant="sometimes")
-    with pytest.raises(ValueError, match="reinit_horizon must be at least 2"):
-        ReinitConfig(reinit_horizon=1)
+        ReinitOptions(reinit_horizon=30)
+    with pytest.raises(ValueError, match="reinit_variant must be one of .*reinit-at-median-of-area-diff.*got 'sometimes'"):
+        ReinitOptions(reinit_variant="sometimes")
+    with pytest.raises(ValueError, match="reinit_horizon must be an integer >= 2, got 1"):
+        ReinitOptions(reinit_horizon=1)

@@ -22,7 +22,8 @@ from sampt.errors import DatasetLayoutError
 from sampt.eval_vis import main as eval_vis_main
 from sampt.lightning_vis import SamPtVisModule, track_scores
 from sampt.metrics.vis_ap import STAT_NAMES, evaluate_vis
-from sampt.pipeline import FrameOutput, SamPtConfig
+from sampt.methods.base import FrameOutput
+from sampt.methods.sam_pt.options import SamPtConfig
 from sampt.proposals import ProposalConfig, generator_class, propose_masks
 from sampt.sam.backends import SamConfig
 from sampt.trackers.trivial import StaticTracker
@@ -36,9 +37,9 @@ LOOSE_PROPOSALS = ["--model.init_args.proposals.points_per_side", "2",
                    "--model.init_args.proposals.stability_score_thresh", "0.0",
                    "--model.init_args.proposals.box_nms_thresh", "1.0",
                    "--model.init_args.proposals.max_num_masks", "4",
-                   "--model.init_args.masks_batch_size", "2",
+                   "--model.init_args.proposals_per_run", "2",
                    # SAM-PT's VIS value (configs/test/tiny.yaml sets 2 for the VOS tests).
-                   "--model.init_args.sam_pt.iterative_refinement_iterations", "0"]
+                   "--model.init_args.sam_pt.prompting.iterative_refinement_iterations", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +312,7 @@ def _oracle_module(datamodule, output_dir, **pipeline_options):
             return pipeline
 
     module = OracleModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker(),
-                          masks_batch_size=2, output_dir=str(output_dir), num_visualized_videos=1)
+                          proposals_per_run=2, output_dir=str(output_dir), num_visualized_videos=1)
     module.oracle_pipeline = pipeline
     return module
 
@@ -346,7 +347,7 @@ def test_oracle_tracks_give_ap_one_and_the_same_numbers_through_eval_vis(uvo_tre
     assert len(results) == non_crowd
     assert {r["category_id"] for r in results} == {1} and {r["score"] for r in results} == {1.0}
     assert all(isinstance(s["counts"], str) for r in results for s in r["segmentations"])
-    # Three proposals per video, masks_batch_size 2: two separate runs per video.
+    # Three proposals per video, proposals_per_run 2: two separate runs per video.
     assert module.oracle_pipeline.calls == [(v, [1, 2]) if i % 2 == 0 else (v, [3])
                                             for v in (1, 2, 3) for i in range(2)]
     rescored = _eval_vis(_json_path(root), tmp_path / "predictions" / "results.json", tmp_path / "stats.json")
@@ -404,14 +405,15 @@ def test_videos_without_proposals_yield_no_instances(uvo_tree, tmp_path):
 
 
 def test_module_options_are_validated():
-    with pytest.raises(ValueError, match="masks_batch_size"):
-        SamPtVisModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker(), masks_batch_size=0)
+    with pytest.raises(ValueError, match="proposals_per_run"):
+        SamPtVisModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker(), proposals_per_run=0)
     with pytest.raises(ValueError, match="score"):
         SamPtVisModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker(), score="max")
     module = SamPtVisModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker())
-    config = module.sam_pt_config
-    assert (config.iterative_refinement_iterations, config.add_other_objects_positive_points_as_negative_points,
-            config.point_tracker_mask_batch_size) == (0, False, 100)
+    config = module.method.config
+    assert (config.prompting.iterative_refinement_iterations,
+            config.prompting.add_other_objects_positive_points_as_negative_points,
+            config.batching.point_tracker_mask_batch_size) == (0, False, 100)
     assert isinstance(config, SamPtConfig)
 
 

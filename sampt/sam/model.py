@@ -58,6 +58,32 @@ class SamModel(nn.Module):
         return self.sam.device
 
     @property
+    def backend(self) -> str:
+        """The backend's name (``segment_anything``, ``mobile_sam``, ...): the variant's prefix."""
+        return self.variant.split("/")[0]
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        return self.sam.image_encoder
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.sam.prompt_encoder
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        return self.sam.mask_decoder
+
+    def mask_embedding(self, mask_input: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+        """Dense prompt embeddings ``(B, C, h, w)``: of ``mask_input (B, 1, 4h, 4w)`` low-res
+        logits, or SAM's learnt "no mask" embedding for ``batch`` prompts without one."""
+        encoder = self.prompt_encoder
+        if mask_input is not None:
+            return encoder._embed_masks(mask_input)
+        h, w = encoder.image_embedding_size
+        return encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
+
+    @property
     def image_size(self) -> int:
         return int(self.sam.image_encoder.img_size)
 

@@ -25,14 +25,13 @@ decoder is called per group of objects with equal token counts instead (exact, l
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
-from torch import nn
 
+from sampt.sam.masked_decoder import masked_decode
 from sampt.sam.model import ImageEmbedding, SamModel
 
 
@@ -154,80 +153,6 @@ def build_point_prompts(
     return prompts
 
 
-def _masked_attention(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      key_valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """``segment_anything``'s ``Attention.forward`` with invalid keys excluded from the softmax."""
-    q, k, v = attention.q_proj(q), attention.k_proj(k), attention.v_proj(v)
-    heads = attention.num_heads
-    b, nq, c = q.shape
-    q = q.reshape(b, nq, heads, c // heads).transpose(1, 2)
-    k = k.reshape(b, k.shape[1], heads, c // heads).transpose(1, 2)
-    v = v.reshape(b, v.shape[1], heads, c // heads).transpose(1, 2)
-    scores = q @ k.transpose(2, 3) / math.sqrt(c // heads)
-    if key_valid is not None:
-        scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
-    out = torch.softmax(scores, dim=-1) @ v
-    return attention.out_proj(out.transpose(1, 2).reshape(b, nq, c))
-
-
-def _masked_two_way_transformer(transformer: nn.Module, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                                point_embedding: torch.Tensor, token_valid: Optional[torch.Tensor]
-                                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``TwoWayTransformer.forward`` where padded tokens are never attended to.
-
-    Padded tokens only ever act as *keys* in the token self-attention and the image-to-token
-    cross-attention, so masking those two keeps every valid token and image key equal to the
-    unpadded computation.
-    """
-    keys = image_embedding.flatten(2).permute(0, 2, 1)
-    key_pe = image_pe.flatten(2).permute(0, 2, 1)
-    queries, query_pe = point_embedding, point_embedding
-    for layer in transformer.layers:
-        if layer.skip_first_layer_pe:
-            queries = _masked_attention(layer.self_attn, queries, queries, queries, token_valid)
-        else:
-            q = queries + query_pe
-            queries = queries + _masked_attention(layer.self_attn, q, q, queries, token_valid)
-        queries = layer.norm1(queries)
-        q, k = queries + query_pe, keys + key_pe
-        queries = layer.norm2(queries + _masked_attention(layer.cross_attn_token_to_image, q, k, keys, None))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        q, k = queries + query_pe, keys + key_pe
-        keys = layer.norm4(keys + _masked_attention(layer.cross_attn_image_to_token, k, q, queries, token_valid))
-    q, k = queries + query_pe, keys + key_pe
-    queries = transformer.norm_final_attn(
-        queries + _masked_attention(transformer.final_attn_token_to_image, q, k, keys, None))
-    return queries, keys
-
-
-def _masked_decode(decoder: nn.Module, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                   sparse: torch.Tensor, token_valid: Optional[torch.Tensor], dense: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``MaskDecoder.predict_masks`` on padded prompts; returns the single-mask output.
-
-    Returns ``(low_res_logits (B, 1, 4h, 4w), iou (B, 1))``.
-    """
-    batch = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
-    tokens = torch.cat([output_tokens, sparse], dim=1)
-    valid = None  # no padding: nothing to mask
-    if token_valid is not None:
-        valid = torch.cat([token_valid.new_ones(batch, output_tokens.shape[1]), token_valid], dim=1)
-    src = image_embedding.expand(batch, -1, -1, -1) + dense
-    pos_src = image_pe.expand(batch, -1, -1, -1)
-    b, c, h, w = src.shape
-    hs, src = _masked_two_way_transformer(decoder.transformer, src, pos_src, tokens, valid)
-    iou_token_out = hs[:, 0, :]
-    mask_token_out = hs[:, 1, :]  # multimask_output=False keeps mask token 0 only
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper_in = decoder.output_hypernetworks_mlps[0](mask_token_out)
-    b, c, h, w = upscaled.shape
-    masks = (hyper_in[:, None, :] @ upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)
-    iou = decoder.iou_prediction_head(iou_token_out)[:, :1]
-    return masks, iou
-
-
 class SamPrompter:
     """Runs the SAM stage of SAM-PT on one frame at a time. Holds no per-video state.
 
@@ -244,7 +169,7 @@ class SamPrompter:
     def _sparse_embedding(self, prompt: PointPrompt, box: Optional[torch.Tensor],
                           embedding: ImageEmbedding) -> torch.Tensor:
         """Sparse prompt tokens ``(n_tokens, C)`` exactly as ``PromptEncoder`` builds them."""
-        encoder = self.sam.sam.prompt_encoder
+        encoder = self.sam.prompt_encoder
         device = self.sam.device
         coords = self.sam.transform.apply_coords_torch(prompt.coords.to(device), embedding.original_size)
         points = (coords[None].float(), prompt.labels.to(device)[None].int())
@@ -255,13 +180,6 @@ class SamPrompter:
                 boxes = self.sam.transform.apply_boxes_torch(boxes, embedding.original_size)
         sparse, _ = encoder(points=points, boxes=boxes, masks=None)
         return sparse[0]
-
-    def _dense_embedding(self, mask_input: Optional[torch.Tensor], batch: int) -> torch.Tensor:
-        encoder = self.sam.sam.prompt_encoder
-        if mask_input is not None:
-            return encoder._embed_masks(mask_input)
-        h, w = encoder.image_embedding_size
-        return encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
 
     # -- decoding --------------------------------------------------------------------------
     def _decode(self, embedding: ImageEmbedding, prompts: list[PointPrompt], boxes: Optional[list],
@@ -275,10 +193,10 @@ class SamPrompter:
         ious = [None] * batch
         calls = 0
         for group in self._groups(sparse):
-            dense = self._dense_embedding(None if mask_inputs is None else mask_inputs[group], len(group))
+            dense = self.sam.mask_embedding(None if mask_inputs is None else mask_inputs[group], len(group))
             if self.sam.hq:
                 tokens = torch.stack([sparse[i] for i in group])
-                masks, iou = self.sam.sam.mask_decoder(
+                masks, iou = self.sam.mask_decoder(
                     image_embeddings=embedding.features, image_pe=image_pe, sparse_prompt_embeddings=tokens,
                     dense_prompt_embeddings=dense, multimask_output=False,
                     hq_token_only=self.sam.hq_token_only, interm_embeddings=embedding.interm_features)
@@ -289,7 +207,7 @@ class SamPrompter:
                 for row, i in enumerate(group):
                     tokens[row, : sparse[i].shape[0]] = sparse[i]
                     valid[row, : sparse[i].shape[0]] = True
-                masks, iou = _masked_decode(self.sam.sam.mask_decoder, embedding.features, image_pe,
+                masks, iou = masked_decode(self.sam.mask_decoder, embedding.features, image_pe,
                                             tokens, None if valid.all() else valid, dense)
             calls += 1
             for row, i in enumerate(group):

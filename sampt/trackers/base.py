@@ -53,6 +53,11 @@ class PointTracker(nn.Module, ABC):
     included (part of what identifies a result: see ``sampt.fingerprint``).
     """
 
+    #: True for trackers whose ``forward`` also takes ``query_masks=(B, M, H, W) bool``, the
+    #: objects' masks on their query frames (SuperGlue matches keypoints inside them); the
+    #: pipeline then passes them (M objects, queries grouped per object in order).
+    uses_query_masks: bool = False
+
     @property
     def init_options(self) -> dict[str, Any]:
         return dict(self.__dict__.get("_init_options", {}))
@@ -75,6 +80,15 @@ class PointTracker(nn.Module, ABC):
         options = self.init_options
         return [value for key, value in options.items()
                 if key.endswith("checkpoint") and isinstance(value, str) and options.get(f"{key}_path") is None]
+
+    def weight_files(self) -> dict[str, str]:
+        """The weight files :meth:`prepare` loaded: ``weights_paths`` (a dict by part, for
+        trackers with several files) or ``{"weights": weights_path}``; empty before loading."""
+        paths = self.__dict__.get("weights_paths")
+        if isinstance(paths, dict):
+            return {part: path for part, path in paths.items() if path is not None}
+        path = self.__dict__.get("weights_path")
+        return {} if path is None else {"weights": path}
 
     def prepare(self) -> None:
         """Resolve and load weights, once, before the first video (no-op for weight-free trackers).

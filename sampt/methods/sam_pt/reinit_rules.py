@@ -1,4 +1,6 @@
-"""Point re-initialisation (SAM-PT-reinit): options and the choice of the next query frame.
+"""Point re-initialisation (SAM-PT-reinit): the choice of the next query frame.
+
+(The options are ``sampt.methods.sam_pt.options.ReinitOptions``.)
 
 After the objects whose query frame is ``s`` have been tracked and segmented on the window
 ``W = [s, e)``, each gets a new query frame inside ``W`` excluding ``s``. The choice looks at the
@@ -22,7 +24,6 @@ This module is pure (tensors in, tensors out); the pipeline runs the windows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -40,44 +41,6 @@ MISSING_AREA_MAX_PIXELS = 25
 SYNC_MISSING_COST = 720.0
 #: ... and the next other object's query frame gets this bonus, to prefer syncing, but not too much.
 SYNC_QUERY_FRAME_BONUS = 36.0
-
-
-@dataclass
-class ReinitConfig:
-    """Point re-initialisation options, with the original SAM-PT defaults.
-
-    Attributes:
-        use_point_reinit: run SAM-PT-reinit instead of plain SAM-PT.
-        reinit_point_tracker_horizon: frames the point tracker runs for from each start frame.
-        reinit_horizon: frames of each window kept; must not exceed the tracker horizon and must
-            be at least 2 (a next query frame is chosen among the window's frames after the first).
-        reinit_variant: how the next query frame is chosen, one of :data:`REINIT_VARIANTS`.
-        reinit_stop_when_missing: when every candidate mask is missing, stop the object (logits
-            -inf, points not visible with reason REINIT_FAILED) instead of re-initialising on an
-            empty mask as the original does.
-    """
-
-    use_point_reinit: bool = False
-    reinit_point_tracker_horizon: int = 24
-    reinit_horizon: int = 24
-    reinit_variant: str = "reinit-at-median-of-area-diff"
-    reinit_stop_when_missing: bool = False
-
-    def __post_init__(self) -> None:
-        if self.reinit_variant not in REINIT_VARIANTS:
-            raise ValueError(f"unknown reinit_variant {self.reinit_variant!r}; valid variants: "
-                             f"{', '.join(REINIT_VARIANTS)}")
-        for option in ("reinit_point_tracker_horizon", "reinit_horizon"):
-            value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{option} must be an integer number of frames, got {value!r}")
-        if self.reinit_horizon < 2:
-            raise ValueError(f"reinit_horizon must be at least 2 frames (the next query frame is chosen "
-                             f"after the window's first frame), got {self.reinit_horizon}")
-        if self.reinit_horizon > self.reinit_point_tracker_horizon:
-            raise ValueError(f"reinit_horizon ({self.reinit_horizon}) must not exceed "
-                             f"reinit_point_tracker_horizon ({self.reinit_point_tracker_horizon}): the kept "
-                             f"window cannot be longer than the tracked one")
 
 
 def _check_areas(areas: torch.Tensor) -> torch.Tensor:

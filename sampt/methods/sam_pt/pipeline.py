@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sampt.methods.base import FrameOutput, MethodResult
+from sampt.methods.sam_pt.options import SamPtConfig
 from sampt.sam.model import ImageEmbedding, SamModel
 from sampt.sam.prompting import PromptingConfig, SamPrompter, build_point_prompts
 from sampt.trackers.base import PointTracker
@@ -32,99 +34,23 @@ from sampt.visibility import VisibilityReason, mark_outside_frame
 EMPTY_LOGIT = -1e8
 
 
-@dataclass
-class SamPtConfig:
-    """SAM-PT's options, with the names of the original and its VOS defaults.
-
-    Attributes:
-        positive_point_selection_method: ``kmedoids``, ``shi-tomasi``, ``random`` or ``mixed``.
-        negative_point_selection_method: same choices, for the points outside the mask.
-        positive_points_per_mask / negative_points_per_mask: points sampled per object.
-        add_other_objects_positive_points_as_negative_points, max_other_objects_positive_points,
-        iterative_refinement_iterations, sam_iou_threshold: the SAM stage (``sam.prompting``).
-        masks_batch_size: objects act as each other's negatives only within consecutive groups
-            of this many, as in the original, which segments objects in batches (VOS: 5).
-        point_tracker_mask_batch_size: objects whose points are tracked in one tracker call.
-        frame_batch_size: frames embedded per image-encoder call (more = faster on GPU, more memory).
-        decoder_batch_size: prompts per mask-decoder call; None: 64 on CUDA, 1 on CPU.
-        refinement_box_in_frame_pixels: reproduce the original's box coordinates (see prompting).
-        use_patch_matching_filtering, patch_size, patch_similarity_threshold,
-        patch_matching_color_order: the optional patch-matching filter (original's BGR->LAB
-            channel order by default).
-        use_point_reinit, reinit_point_tracker_horizon, reinit_horizon, reinit_variant,
-        reinit_stop_when_missing: SAM-PT-reinit (``sampt.reinit``); off by default.
-        reinit_embedding_cache_mib: SAM-PT-reinit's windows overlap; image embeddings of recent
-            frames are cached (LRU) up to this many MiB on the SAM device (0: no cache).
-        seed: seeds query-point sampling and other random choices of one video (with its name).
-        original_empty_mask_upsampling: reproduce the original's resize of an empty mask's
-            ``-inf`` logits to the output size (default, as SAM-PT's published numbers were made).
-            Bilinear upsampling gives NaN on row 0 and column 0 there (``-inf x 0``), and the
-            original's VOS merge (softmax, then argmax) writes background on every NaN pixel,
-            even where another object is foreground: at most ``(h + w - 1) / (h w)`` of a frame,
-            0.28% at 720p, and only when frames are upsampled (input smaller than output, e.g.
-            YouTube-VOS 1280x720 from 1024x576). False: empty masks get a finite floor
-            (``EMPTY_LOGIT``) first, so the other objects keep those pixels.
-    """
-
-    positive_point_selection_method: str = "kmedoids"
-    negative_point_selection_method: str = "mixed"
-    positive_points_per_mask: int = 16
-    negative_points_per_mask: int = 1
-    add_other_objects_positive_points_as_negative_points: bool = True
-    max_other_objects_positive_points: Optional[int] = None
-    masks_batch_size: Optional[int] = 5
-    point_tracker_mask_batch_size: int = 5
-    iterative_refinement_iterations: int = 12
-    sam_iou_threshold: float = 0.7
-    refinement_box_in_frame_pixels: bool = True
-    frame_batch_size: int = 1
-    decoder_batch_size: Optional[int] = None
-    use_patch_matching_filtering: bool = False
-    patch_size: int = 3
-    patch_similarity_threshold: float = 0.01
-    patch_matching_color_order: str = "bgr"
-    use_point_reinit: bool = False
-    reinit_point_tracker_horizon: int = 24
-    reinit_horizon: int = 24
-    reinit_variant: str = "reinit-at-median-of-area-diff"
-    reinit_stop_when_missing: bool = False
-    reinit_embedding_cache_mib: int = 1024
-    seed: int = 0
-    original_empty_mask_upsampling: bool = True
-
-    def __post_init__(self) -> None:
-        if self.point_tracker_mask_batch_size < 1:
-            raise ValueError("point_tracker_mask_batch_size must be >= 1")
-        if self.frame_batch_size < 1:
-            raise ValueError("frame_batch_size must be >= 1")
-        if self.reinit_embedding_cache_mib < 0:
-            raise ValueError("reinit_embedding_cache_mib must be >= 0")
-        self.reinit()  # validates the reinit options even when reinit is off
-
-    def reinit(self):
-        from sampt.reinit import ReinitConfig
-
-        return ReinitConfig(
-            use_point_reinit=self.use_point_reinit,
-            reinit_point_tracker_horizon=self.reinit_point_tracker_horizon,
-            reinit_horizon=self.reinit_horizon,
-            reinit_variant=self.reinit_variant,
-            reinit_stop_when_missing=self.reinit_stop_when_missing,
-        )
-
-    def prompting(self, num_positive: Optional[int] = None, num_negative: Optional[int] = None) -> PromptingConfig:
-        return PromptingConfig(
-            positive_points_per_mask=self.positive_points_per_mask if num_positive is None else num_positive,
-            negative_points_per_mask=self.negative_points_per_mask if num_negative is None else num_negative,
-            add_other_objects_positive_points_as_negative_points=(
-                self.add_other_objects_positive_points_as_negative_points),
-            max_other_objects_positive_points=self.max_other_objects_positive_points,
-            masks_batch_size=self.masks_batch_size,
-            iterative_refinement_iterations=self.iterative_refinement_iterations,
-            sam_iou_threshold=self.sam_iou_threshold,
-            refinement_box_in_frame_pixels=self.refinement_box_in_frame_pixels,
-            decoder_batch_size=self.decoder_batch_size,
-        )
+def prompter_config(config: SamPtConfig, num_positive: Optional[int] = None,
+                    num_negative: Optional[int] = None) -> PromptingConfig:
+    """The SAM prompter's settings for objects with ``num_positive`` + ``num_negative`` points
+    (default: the query section's counts)."""
+    query, prompting = config.query, config.prompting
+    return PromptingConfig(
+        positive_points_per_mask=query.positive_points_per_mask if num_positive is None else num_positive,
+        negative_points_per_mask=query.negative_points_per_mask if num_negative is None else num_negative,
+        add_other_objects_positive_points_as_negative_points=(
+            prompting.add_other_objects_positive_points_as_negative_points),
+        max_other_objects_positive_points=prompting.max_other_objects_positive_points,
+        masks_batch_size=prompting.masks_batch_size,
+        iterative_refinement_iterations=prompting.iterative_refinement_iterations,
+        sam_iou_threshold=prompting.sam_iou_threshold,
+        refinement_box_in_frame_pixels=prompting.refinement_box_in_frame_pixels,
+        decoder_batch_size=config.batching.decoder_batch_size,
+    )
 
 
 @dataclass
@@ -156,50 +82,6 @@ class Tracks:
     trajectories: torch.Tensor
     visibilities: torch.Tensor
     reasons: torch.Tensor
-
-
-@dataclass
-class FrameOutput:
-    """What ``SamPt.run`` streams for frame ``t``.
-
-    Attributes:
-        t: frame index.
-        logits: ``(M, h, w) float32`` at output size; ``EMPTY_LOGIT`` where the mask is empty,
-            NaN where the original's upsampling of an empty mask gives NaN (see
-            ``SamPtConfig.original_empty_mask_upsampling``).
-        scores: ``(M,) float32`` SAM's predicted IoU; ``-inf`` for objects without a prompt.
-        has_score: ``(M,) bool``.
-    """
-
-    t: int
-    logits: torch.Tensor
-    scores: torch.Tensor
-    has_score: torch.Tensor
-
-
-@dataclass
-class SamPtResult:
-    """Per-video results that are small enough to keep whole.
-
-    Attributes:
-        queries: the query points used.
-        trajectories: ``(T, M, P, 2) float32`` at *output* resolution.
-        visibilities / reasons: ``(T, M, P)``.
-        scores_per_frame: ``(T, M) float32``, ``-inf`` where an object had no prompt.
-        scores: ``(M,)`` mean of the per-frame scores that exist (the video score).
-        timings: seconds per stage; ``num_decoder_calls``: mask-decoder calls;
-        ``num_encoded_frames``: frames run through SAM's image encoder.
-    """
-
-    queries: Queries
-    trajectories: torch.Tensor
-    visibilities: torch.Tensor
-    reasons: torch.Tensor
-    scores_per_frame: torch.Tensor
-    scores: torch.Tensor
-    timings: dict[str, float] = field(default_factory=dict)
-    num_decoder_calls: int = 0
-    num_encoded_frames: int = 0
 
 
 def video_rng(seed: int, video_name: str) -> np.random.Generator:
@@ -241,7 +123,7 @@ class SamPt:
     # -- 1. queries ----------------------------------------------------------------------------
     def make_queries(self, video: VideoItem, rng: np.random.Generator) -> Queries:
         """Query points from the objects' masks (VOS) or query masks from their points (demo)."""
-        from sampt.query_points import query_points_from_masks
+        from sampt.methods.sam_pt.query_points import query_points_from_masks
 
         objects = video.objects
         if not objects:
@@ -252,14 +134,14 @@ class SamPt:
             query_frames = torch.tensor([o.query_frame for o in objects])
             points = query_points_from_masks(
                 video.frames.cpu(), masks, query_frames,
-                positive_points_per_mask=self.config.positive_points_per_mask,
-                negative_points_per_mask=self.config.negative_points_per_mask,
-                positive_method=self.config.positive_point_selection_method,
-                negative_method=self.config.negative_point_selection_method,
+                positive_points_per_mask=self.config.query.positive_points_per_mask,
+                negative_points_per_mask=self.config.query.negative_points_per_mask,
+                positive_method=self.config.query.positive_point_selection_method,
+                negative_method=self.config.query.negative_point_selection_method,
                 rng=rng,
             )
             valid = torch.ones(points.shape[:2], dtype=torch.bool)
-            return Queries(points.float(), self.config.positive_points_per_mask, valid, masks)
+            return Queries(points.float(), self.config.query.positive_points_per_mask, valid, masks)
         if any(with_masks):
             raise ValueError(f"video {video.name!r}: give every object either a query mask or query points, not a mix")
         num_positive = objects[0].num_positive
@@ -279,7 +161,7 @@ class SamPt:
     def masks_from_points(self, frames: torch.Tensor, queries: Queries) -> torch.Tensor:
         """SAM on each object's query frame prompted with its (valid) points alone -> ``(M, H, W) bool``."""
         num_negative = queries.points.shape[1] - queries.num_positive
-        prompter = SamPrompter(self.sam, self.config.prompting(queries.num_positive, num_negative))
+        prompter = SamPrompter(self.sam, prompter_config(self.config, queries.num_positive, num_negative))
         masks = []
         embeddings: dict[int, ImageEmbedding] = {}  # objects sharing a query frame share it
         for m in range(queries.points.shape[0]):
@@ -300,17 +182,21 @@ class SamPt:
         trajectories = torch.zeros(num_frames, num_objects, num_points, 2)
         visibilities = torch.zeros(num_frames, num_objects, num_points, dtype=torch.bool)
         video = frames[None].to(self.device)
-        step = self.config.point_tracker_mask_batch_size
+        step = self.config.batching.point_tracker_mask_batch_size
         with torch.no_grad():
             for start in range(0, num_objects, step):
                 chunk = queries.points[start : start + step]
                 flat = chunk.reshape(1, -1, 3).to(self.device)
-                traj, vis = self.tracker(video, flat)
+                extra = {}
+                if self.tracker.uses_query_masks and queries.query_masks.numel():
+                    # Trackers that match keypoints inside each object's mask (SuperGlue) get them.
+                    extra["query_masks"] = queries.query_masks[start : start + step][None].to(self.device)
+                traj, vis = self.tracker(video, flat, **extra)
                 m = chunk.shape[0]
                 trajectories[:, start : start + m] = traj[0].reshape(num_frames, m, num_points, 2).float().cpu()
                 visibilities[:, start : start + m] = vis[0].reshape(num_frames, m, num_points).bool().cpu()
         reasons = torch.where(visibilities, VisibilityReason.VISIBLE, VisibilityReason.OCCLUDED).to(torch.int8)
-        if self.config.use_patch_matching_filtering:
+        if self.config.patch_matching.use_patch_matching_filtering:
             visibilities, reasons = self._patch_filter(frames, queries, trajectories, visibilities, reasons)
         outside = mark_outside_frame(trajectories, height, width)
         reasons[outside] = VisibilityReason.OUTSIDE_FRAME
@@ -318,16 +204,16 @@ class SamPt:
         return Tracks(trajectories, visibilities, reasons)
 
     def _patch_filter(self, frames, queries, trajectories, visibilities, reasons):
-        from sampt.patch_matching import filter_visibilities, patch_similarity, rgb_to_lab
+        from sampt.methods.sam_pt.patch_matching import filter_visibilities, patch_similarity, rgb_to_lab
 
         num_frames, num_objects, num_points, _ = trajectories.shape
-        lab = rgb_to_lab(frames.cpu(), color_order=self.config.patch_matching_color_order)
+        lab = rgb_to_lab(frames.cpu(), color_order=self.config.patch_matching.patch_matching_color_order)
         flat_queries = queries.points.reshape(-1, 3)
         similarity = patch_similarity(lab, trajectories.reshape(num_frames, -1, 2), flat_queries,
-                                      patch_size=self.config.patch_size)
+                                      patch_size=self.config.patch_matching.patch_size)
         filtered, filter_reasons = filter_visibilities(
             visibilities.reshape(num_frames, -1), similarity, flat_queries[:, 0].long(),
-            threshold=self.config.patch_similarity_threshold)
+            threshold=self.config.patch_matching.patch_similarity_threshold)
         filtered = filtered.reshape(num_frames, num_objects, num_points)
         reasons = filter_reasons.reshape(num_frames, num_objects, num_points).to(torch.int8)
         return filtered, reasons
@@ -340,8 +226,8 @@ class SamPt:
         timings = timings if timings is not None else defaultdict(float)
         num_frames = frames.shape[0]
         num_points = tracks.trajectories.shape[2]
-        prompter = SamPrompter(self.sam, self.config.prompting(num_positive, num_points - num_positive))
-        step = self.config.frame_batch_size
+        prompter = SamPrompter(self.sam, prompter_config(self.config, num_positive, num_points - num_positive))
+        step = self.config.batching.frame_batch_size
         for start in range(0, num_frames, step):
             tic = time.perf_counter()
             embeddings = self.sam.embed_frames(frames[start : start + step])
@@ -355,7 +241,7 @@ class SamPt:
                 timings["mask_decoder"] += time.perf_counter() - tic
                 tic = time.perf_counter()
                 logits = resize_logits(prediction.logits, output_size,
-                                       self.config.original_empty_mask_upsampling)
+                                       self.config.prompting.original_empty_mask_upsampling)
                 timings["resize"] += time.perf_counter() - tic
                 yield FrameOutput(t, logits, prediction.scores.cpu(), prediction.has_score.cpu()), \
                     prediction.num_decoder_calls
@@ -365,16 +251,13 @@ class SamPt:
     # -- everything ----------------------------------------------------------------------------
     def run(self, video: VideoItem, on_frame: Callable[[FrameOutput], None],
             on_queries: Optional[Callable[[Queries], None]] = None,
-            progress: Optional[Callable[[int], None]] = None) -> SamPtResult:
-        """Run SAM-PT on one video, calling ``on_frame`` with each frame's output in order.
+            progress: Optional[Callable[[int], None]] = None) -> MethodResult:
+        """Run plain SAM-PT on one video, calling ``on_frame`` with each frame's output in order
+        (SAM-PT-reinit is ``sampt.methods.sam_pt.reinit.run_with_reinit``; ``SamPtMethod`` picks).
 
         ``on_queries`` receives the queries (with the query masks, which for point queries are
         SAM's prediction) before the first frame is segmented.
         """
-        if self.config.use_point_reinit:
-            from sampt.reinit_pipeline import run_with_reinit
-
-            return run_with_reinit(self, video, on_frame, on_queries, progress)
         timings: dict[str, float] = defaultdict(float)
         rng = video_rng(self.config.seed, video.name)
         frames = video.frames
@@ -398,7 +281,7 @@ class SamPt:
             tic = time.perf_counter()
             on_frame(output)
             timings["consumer"] += time.perf_counter() - tic
-        return SamPtResult(
+        return MethodResult(
             queries=queries,
             trajectories=tracks.trajectories * scale,
             visibilities=tracks.visibilities,

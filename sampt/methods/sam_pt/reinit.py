@@ -1,7 +1,7 @@
 """SAM-PT-reinit: SAM-PT with point re-initialisation, run window by window.
 
 Behaviour (the original SAM-PT's ``_forward_w_reinit``, quirks included; frame-choice rules in
-:mod:`sampt.reinit`):
+:mod:`sampt.methods.sam_pt.reinit_rules`):
 
 * **Forward pass.** For start frames ``s`` from the earliest query frame to the end, the objects
   whose *current* query frame is ``s`` are tracked together on ``[s, min(s + tracker_horizon, T))``
@@ -63,10 +63,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from sampt.pipeline import (FrameOutput, Queries, SamPt, SamPtResult, Tracks, frames_encoded_for_queries,
-                            output_scale, resize_logits, video_rng, video_scores)
-from sampt.query_points import sample_points
-from sampt.reinit import all_missing, select_reinit_entries
+from sampt.methods.base import FrameOutput, MethodResult
+from sampt.methods.sam_pt.pipeline import (Queries, SamPt, Tracks, frames_encoded_for_queries, output_scale,
+                                          prompter_config, resize_logits, video_rng, video_scores)
+from sampt.methods.sam_pt.query_points import sample_points
+from sampt.methods.sam_pt.reinit_rules import all_missing, select_reinit_entries
 from sampt.sam.model import ImageEmbedding, SamModel
 from sampt.sam.prompting import SamPrompter, build_point_prompts
 from sampt.video import VideoItem
@@ -188,14 +189,14 @@ class SamWindowSegmenter(WindowSegmenter):
     def _prompter(self, num_positive: int, num_points: int) -> SamPrompter:
         key = (num_positive, num_points - num_positive)
         if key not in self._prompters:
-            self._prompters[key] = SamPrompter(self.sam, self.pipeline.config.prompting(*key))
+            self._prompters[key] = SamPrompter(self.sam, prompter_config(self.pipeline.config, *key))
         return self._prompters[key]
 
     def _embeddings(self, frame_indices: Sequence[int], frames: torch.Tensor, timings: dict[str, float]
                     ) -> tuple[list[ImageEmbedding], int]:
         embeddings: list[Optional[ImageEmbedding]] = [self.cache.get(int(t)) for t in frame_indices]
         missing = [i for i, e in enumerate(embeddings) if e is None]
-        step = self.pipeline.config.frame_batch_size
+        step = self.pipeline.config.batching.frame_batch_size
         for start in range(0, len(missing), step):
             rows = missing[start:start + step]
             tic = time.perf_counter()
@@ -238,7 +239,7 @@ class SamWindowSegmenter(WindowSegmenter):
                 compact[i, m] = logits.float().cpu()
             timings["mask_decoder"] += time.perf_counter() - tic
         if compact is None:  # no object was prompted on any frame of the window
-            side = 4 * int(self.sam.sam.prompt_encoder.image_embedding_size[0])
+            side = 4 * int(self.sam.prompt_encoder.image_embedding_size[0])
             compact = torch.zeros(num_frames, num_objects, 1, side, side)
         return WindowSegmentation(compact, kept, scores, has_score, areas, calls, encoded)
 
@@ -384,8 +385,8 @@ class _ReinitPass:
             objects = torch.nonzero(current_frames == start)[:, 0]
             if len(objects) == 0:
                 continue
-            end = min(start + config.reinit_horizon, num_frames)
-            tracker_end = min(start + config.reinit_point_tracker_horizon, num_frames)
+            end = min(start + config.reinit.reinit_horizon, num_frames)
+            tracker_end = min(start + config.reinit.reinit_point_tracker_horizon, num_frames)
             keep = torch.stack([self.keeps(t)[objects] for t in range(start, end)])  # (n, M_w)
             if end == num_frames and not bool(keep.any()):
                 continue  # every output of this last window would be discarded
@@ -403,9 +404,9 @@ class _ReinitPass:
                 later = current_frames[current_frames > start]
                 offset = int(later.min()) - start - 1 if len(later) else None
                 areas = segmentation.areas.T  # (M_w, n)
-                entries = select_reinit_entries(areas[:, 1:], areas[:, 0], config.reinit_variant,
-                                                config.reinit_horizon, offset)
-                stop = (all_missing(areas[:, 1:], config.reinit_horizon) if config.reinit_stop_when_missing
+                entries = select_reinit_entries(areas[:, 1:], areas[:, 0], config.reinit.reinit_variant,
+                                                config.reinit.reinit_horizon, offset)
+                stop = (all_missing(areas[:, 1:], config.reinit.reinit_horizon) if config.reinit.reinit_stop_when_missing
                         else torch.zeros(len(objects), dtype=torch.bool))
                 tic = time.perf_counter()
                 for row, m in enumerate(objects.tolist()):
@@ -492,9 +493,9 @@ class _ReinitPass:
             mask = torch.zeros(self.frames.shape[-2:], dtype=torch.bool)
         frame = self.frames[self.to_video(new_frame)].cpu()
         what = f"re-initialisation mask of object {m} on frame {self.to_video(new_frame)} ({self.direction} pass)"
-        positives = sample_points(mask, num_positive, config.positive_point_selection_method, frame, self.rng,
+        positives = sample_points(mask, num_positive, config.query.positive_point_selection_method, frame, self.rng,
                                   what=what)
-        negatives = sample_points(~mask, num_points - num_positive, config.negative_point_selection_method, frame,
+        negatives = sample_points(~mask, num_points - num_positive, config.query.negative_point_selection_method, frame,
                                   self.rng, what=f"complement of the {what}")
         points = torch.zeros(num_points, 3)
         points[:, 0] = new_frame
@@ -509,7 +510,7 @@ def run_with_reinit(pipeline: SamPt, video: VideoItem, on_frame: Callable[[Frame
                     on_queries: Optional[Callable[[Queries], None]] = None,
                     progress: Optional[Callable[[int], None]] = None, *,
                     segmenter: Optional[WindowSegmenter] = None,
-                    on_window: Optional[Callable[[WindowRecord], None]] = None) -> SamPtResult:
+                    on_window: Optional[Callable[[WindowRecord], None]] = None) -> MethodResult:
     """SAM-PT-reinit on one video (see the module doc); ``SamPt.run`` calls it when
     ``use_point_reinit`` is set.
 
@@ -524,16 +525,15 @@ def run_with_reinit(pipeline: SamPt, video: VideoItem, on_frame: Callable[[Frame
         on_window: receives a ``WindowRecord`` after each processed window.
 
     Returns:
-        ``SamPtResult`` with trajectories at output resolution, the original queries,
+        ``MethodResult`` with trajectories at output resolution, the original queries,
         ``num_decoder_calls`` and ``num_encoded_frames`` summed over both passes.
 
     Raises:
         ValueError: invalid reinit options (e.g. ``reinit_horizon > reinit_point_tracker_horizon``).
     """
     config = pipeline.config
-    config.reinit()  # the options may have been changed after the config was built
-    if config.reinit_embedding_cache_mib < 0:
-        raise ValueError(f"reinit_embedding_cache_mib must be >= 0, got {config.reinit_embedding_cache_mib}")
+    if config.reinit.reinit_embedding_cache_mib < 0:
+        raise ValueError(f"reinit_embedding_cache_mib must be >= 0, got {config.reinit.reinit_embedding_cache_mib}")
     timings: dict[str, float] = defaultdict(float)
     rng = video_rng(config.seed, video.name)
     frames = video.frames
@@ -546,7 +546,7 @@ def run_with_reinit(pipeline: SamPt, video: VideoItem, on_frame: Callable[[Frame
     if on_queries is not None:
         on_queries(queries)
     if segmenter is None:
-        segmenter = SamWindowSegmenter(pipeline, config.reinit_embedding_cache_mib * 2**20)
+        segmenter = SamWindowSegmenter(pipeline, config.reinit.reinit_embedding_cache_mib * 2**20)
 
     num_objects, num_points, _ = queries.points.shape
     state = _VideoState(
@@ -557,14 +557,14 @@ def run_with_reinit(pipeline: SamPt, video: VideoItem, on_frame: Callable[[Frame
         has_score=torch.zeros(num_frames, num_objects, dtype=torch.bool),
     )
     emitter = _Emitter(state, segmenter, tuple(video.output_size), int(height), int(width), on_frame, progress,
-                       timings, config.original_empty_mask_upsampling)
+                       timings, config.prompting.original_empty_mask_upsampling)
     # Backward first: its outputs (frames before each object's query frame) are then complete
     # when the forward pass starts, and the forward pass can emit frames as they become final.
     _ReinitPass(pipeline, frames, queries, BACKWARD, segmenter, state, rng, timings, on_window).run()
     _ReinitPass(pipeline, frames, queries, FORWARD, segmenter, state, rng, timings, on_window,
                 before_window=emitter.emit_before).run()
     emitter.emit_before(num_frames)
-    return SamPtResult(
+    return MethodResult(
         queries=queries,
         trajectories=state.trajectories * scale,
         visibilities=state.visibilities,

@@ -1,0 +1,91 @@
+"""``SamPtMethod``: SAM-PT behind the ``VosMethod`` interface.
+
+It owns the SAM model (built from its ``SamConfig`` in :meth:`prepare`, so that parsing or
+printing a config never touches the checkpoint cache), the point tracker and the options, and
+picks how frames are produced: plain SAM-PT (``pipeline.SamPt.run``: track once, segment every
+frame) or SAM-PT-reinit (``reinit.run_with_reinit``: window by window, re-sampling points from
+the predicted masks) when ``sam_pt.reinit.use_point_reinit`` is on.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from sampt.methods.base import FrameOutput, MethodResult, VosMethod
+from sampt.methods.sam_pt.options import SamPtConfig
+from sampt.methods.sam_pt.pipeline import SamPt
+from sampt.sam.backends import SamConfig
+from sampt.sam.model import SamModel
+from sampt.trackers.base import PointTracker
+from sampt.video import VideoItem
+
+
+class SamPtMethod(VosMethod):
+    """SAM-PT (and SAM-PT-reinit).
+
+    Args:
+        sam: which SAM to build and its checkpoint (``configs/sam/*.yaml``).
+        tracker: the point tracker (``configs/tracker/*.yaml``).
+        sam_pt: SAM-PT's options in sections (``configs/model/*.yaml``).
+    """
+
+    def __init__(self, sam: SamConfig, tracker: PointTracker, sam_pt: SamPtConfig = SamPtConfig()):
+        super().__init__()
+        self.sam_config: Optional[SamConfig] = sam
+        self.tracker = tracker
+        self.config = sam_pt
+        self.sam: Optional[SamModel] = None
+
+    @classmethod
+    def from_models(cls, sam: SamModel, tracker: PointTracker, sam_pt: SamPtConfig = SamPtConfig()) -> "SamPtMethod":
+        """A method around an already built SAM (scripts, tests, notebooks)."""
+        method = cls(SamConfig(), tracker, sam_pt)
+        method.sam_config = None  # the model is given, not described by a config
+        method.sam = sam
+        return method
+
+    @property
+    def pipeline(self) -> SamPt:
+        if self.sam is None:
+            raise RuntimeError("SamPtMethod.prepare() builds SAM before the first video")
+        return SamPt(self.sam, self.tracker, self.config)
+
+    def required_checkpoints(self) -> list[str]:
+        sam = [] if self.sam is not None else self.sam_config.required_checkpoints()
+        return sam + self.tracker.required_checkpoints()
+
+    def prepare(self, device: Optional[Union[str, torch.device]] = None) -> None:
+        if self.sam is None:
+            self.sam = self.sam_config.build()
+        self.tracker.prepare()
+        if device is not None:
+            self.to(device)
+
+    def run(self, video: VideoItem, on_frame: Callable[[FrameOutput], None],
+            on_queries: Optional[Callable[[Any], None]] = None,
+            progress: Optional[Callable[[int], None]] = None) -> MethodResult:
+        pipeline = self.pipeline
+        if self.config.reinit.use_point_reinit:
+            from sampt.methods.sam_pt.reinit import run_with_reinit
+
+            return run_with_reinit(pipeline, video, on_frame, on_queries, progress)
+        return pipeline.run(video, on_frame, on_queries, progress)
+
+    def weight_files(self) -> dict[str, Any]:
+        files = {} if getattr(self.sam, "weights_path", None) is None else {"sam": self.sam.weights_path}
+        for part, path in self.tracker.weight_files().items():
+            files["tracker" if part == "weights" else f"tracker_{part}"] = path
+        return files
+
+    def description(self) -> dict[str, Any]:
+        return {
+            "method": "sam_pt",
+            "sam": self.sam_config if self.sam_config is not None else {"variant": self.sam.variant},
+            "tracker": {"class": type(self.tracker), "options": self.tracker.init_options},
+            "sam_pt": self.config,
+        }
+
+    def describe_model(self) -> str:
+        variant = self.sam.variant if self.sam is not None else self.sam_config.backend
+        return f"SAM-PT: SAM {variant} + {type(self.tracker).__name__}"
