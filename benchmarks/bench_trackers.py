@@ -1,20 +1,20 @@
-"""Time the point trackers on a synthetic 480p clip: points/s and frames/s.
+"""Time every point tracker on the same synthetic clip: points/s, frames/s and peak memory.
 
-Runs every tracker that needs no download (lk, static, raft_small and raft_large with random
-weights: same cost as the published weights) and, given checkpoint files, CoTracker:
+Every registered tracker runs with random weights of its real architecture (same cost as the
+published weights; nothing is downloaded), each in its own process so that peak memory is its
+own: resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Given
+``--checkpoint NAME=PATH`` a tracker loads that file instead.
 
-    python benchmarks/bench_trackers.py                                  # CPU, 854x480, 24 frames, 256 points
-    python benchmarks/bench_trackers.py --device cuda --trackers lk raft_large
-    python benchmarks/bench_trackers.py --frames 8 --points 64 --trackers lk static raft_small
-    python benchmarks/bench_trackers.py --cotracker-checkpoint cotracker=/ckpt/cotracker_stride_4_wind_8.pth \
-        --cotracker-checkpoint cotracker3=/ckpt/scaled_offline.pth
+    python benchmarks/bench_trackers.py                                   # CPU, every tracker
+    python benchmarks/bench_trackers.py --device cuda --frames 24 --height 480 --width 854 --points 256
+    python benchmarks/bench_trackers.py --trackers lk raft_small tapir --checkpoint tapir=/ckpt/tapir.npy
 
 The clip is a smooth random texture translating by (-2, -1) px per frame, so LK and RAFT do the
 work they do on real video. Queries are spread over the frame and placed on ``--query-frame``
 (default 0, as SAM-PT queries the first frame; a middle frame makes every tracker run both
 directions). points/s = points / seconds (points tracked through the whole clip per second);
-frames/s = frames / seconds; point-frames/s = points x frames / seconds. Each figure is the median of
-``--repeats`` timed calls after ``--warmup`` untimed calls.
+frames/s = frames / seconds. Each figure is the median of ``--repeats`` timed calls after
+``--warmup`` untimed calls.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Callable
 
 import numpy as np
 import torch
@@ -55,43 +54,41 @@ def grid_queries(num_points: int, query_frame: int, height: int, width: int) -> 
     return torch.from_numpy(np.concatenate([frames, points], axis=1).astype(np.float32))[None]
 
 
-def tracker_builders(args: argparse.Namespace) -> dict[str, Callable[[], PointTracker]]:
-    """name -> builder of every tracker asked for (CoTracker imported only when a checkpoint is given)."""
-    from sampt.trackers.lk import LucasKanadeTracker
-    from sampt.trackers.raft import RaftTracker
-    from sampt.trackers.trivial import StaticTracker
+#: Benchmark names -> (registry name, constructor arguments) of every tracker.
+TRACKER_SETTINGS: dict[str, tuple[str, dict]] = {
+    "static": ("static", {}),
+    "lk": ("lk", {}),
+    "raft_small": ("raft", {"model": "raft_small"}),
+    "raft_large": ("raft", {"model": "raft_large"}),
+    "cotracker": ("cotracker", {}),
+    "cotracker3": ("cotracker3", {}),
+    "tapir": ("tapir", {}),
+    "bootstapir": ("bootstapir", {}),
+    "tapnet": ("tapnet", {}),
+    "pips": ("pips", {}),
+    "pips_plus_plus": ("pips_plus_plus", {}),
+    "superglue": ("superglue", {}),
+}
+DOWNLOAD_FREE = list(TRACKER_SETTINGS)
 
-    builders: dict[str, Callable[[], PointTracker]] = {
-        "lk": lambda: LucasKanadeTracker(downscale=args.lk_downscale),
-        "static": StaticTracker,
-        "raft_small": lambda: RaftTracker(
-            model="raft_small", num_flow_updates=args.raft_updates, batch_size=args.raft_batch_size,
-            downscale=args.raft_downscale,
-        ),
-        "raft_large": lambda: RaftTracker(
-            model="raft_large", num_flow_updates=args.raft_updates, batch_size=args.raft_batch_size,
-            downscale=args.raft_downscale,
-        ),
-    }
-    selected = {name: builders[name] for name in args.trackers}
-    for spec in args.cotracker_checkpoint:
-        name, _, path = spec.partition("=")
-        if not path:
-            raise SystemExit(f"--cotracker-checkpoint expects NAME=PATH (NAME cotracker or cotracker3), got {spec!r}")
 
-        def build(name: str = name, path: str = path) -> PointTracker:
-            # Imported lazily: the CoTracker modules are optional for this benchmark.
-            from sampt.trackers.base import build_tracker
+def build_tracker_for_benchmark(name: str, num_points: int, checkpoint: str | None) -> PointTracker:
+    """Tracker ``name`` with random weights of its real size, or the weights in ``checkpoint``."""
+    import sampt.trackers  # noqa: F401  (registers every tracker)
+    from sampt.trackers.base import TRACKERS
 
-            for module in ("sampt.trackers.cotracker", "sampt.trackers.cotracker3"):
-                try:
-                    __import__(module)
-                except ImportError:
-                    pass
-            return build_tracker(name, checkpoint_path=path)
-
-        selected[name] = build
-    return selected
+    registry_name, options = TRACKER_SETTINGS[name]
+    options = dict(options)
+    if registry_name == "superglue":
+        # All queries as the positives of one mask (its mask falls back to their convex hull).
+        options.update(positive_points_per_mask=num_points, negative_points_per_mask=0)
+    if checkpoint is not None:
+        key = "superglue_checkpoint_path" if registry_name == "superglue" else "checkpoint_path"
+        options[key] = checkpoint
+    tracker = TRACKERS.build(registry_name, **options)
+    if checkpoint is None:
+        tracker.prepare = lambda: None  # keep the random initialisation: nothing to download
+    return tracker
 
 
 def time_tracker(tracker: PointTracker, video: torch.Tensor, queries: torch.Tensor, repeats: int, warmup: int) -> float:
@@ -118,22 +115,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--trackers", nargs="+", default=DOWNLOAD_FREE, choices=DOWNLOAD_FREE,
-                        help="download-free trackers to time (default: all)")
-    parser.add_argument("--cotracker-checkpoint", action="append", default=[], metavar="NAME=PATH",
-                        help="also time CoTracker NAME (cotracker or cotracker3) with this checkpoint; repeatable")
-    parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=854)
-    parser.add_argument("--points", type=int, default=256)
+                        help="trackers to time (default: all)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="load these weights into tracker NAME instead of random ones; repeatable")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--width", type=int, default=432)
+    parser.add_argument("--points", type=int, default=64)
     parser.add_argument("--query-frame", type=int, default=0, help="frame of every query (default 0)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per tracker (median reported)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed calls before timing (CUDA initialisation, cuDNN autotuning); default 1")
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenCV CPU threads (default: library default)")
-    parser.add_argument("--raft-updates", type=int, default=12, help="RAFT num_flow_updates")
-    parser.add_argument("--raft-batch-size", type=int, default=4, help="RAFT frame pairs per call")
-    parser.add_argument("--raft-downscale", type=float, default=1.0)
-    parser.add_argument("--lk-downscale", type=float, default=1.0)
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: time one tracker in this process
     args = parser.parse_args(argv)
     if not 0 <= args.query_frame < args.frames:
         parser.error(f"--query-frame must be in [0, {args.frames - 1}], got {args.query_frame}")
@@ -141,14 +135,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--frames, --height, --width, --points and --repeats must be >= 1")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    args.checkpoints = {}
+    for spec in args.checkpoint:
+        name, _, path = spec.partition("=")
+        if name not in TRACKER_SETTINGS or not path:
+            parser.error(f"--checkpoint expects NAME=PATH with NAME one of {', '.join(TRACKER_SETTINGS)}, got {spec!r}")
+        args.checkpoints[name] = path
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_child(args: argparse.Namespace) -> int:
+    """Time tracker ``args.child`` in this process; print one JSON line."""
+    import json
+    import resource
+
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
     if args.threads is not None:
         import cv2
 
@@ -156,23 +157,54 @@ def main(argv: list[str] | None = None) -> int:
         cv2.setNumThreads(args.threads)
     video = synthetic_clip(args.frames, args.height, args.width).to(device)
     queries = grid_queries(args.points, args.query_frame, args.height, args.width).to(device)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.manual_seed(0)
+    tracker = build_tracker_for_benchmark(args.child, args.points, args.checkpoints.get(args.child)).to(device).eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = time_tracker(tracker, video, queries, args.repeats, args.warmup)
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # ru_maxrss is in KiB on Linux; the tracker's own share of the process peak
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+    import subprocess
+
+    args = parse_args(argv)
+    if args.child:
+        return run_child(args)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"torch {torch.__version__}, device {device} ({device_name}), threads {torch.get_num_threads()}")
+    memory = "peak CUDA memory allocated" if device.type == "cuda" else "peak RSS growth"
+    print(f"torch {torch.__version__}, device {device} ({device_name}), threads {args.threads or torch.get_num_threads()}")
     print(f"clip {args.width}x{args.height}, {args.frames} frames, {args.points} points on frame {args.query_frame}, "
-          f"median of {args.repeats} calls after {args.warmup} warm-up calls")
-    print(f"{'tracker':<12} {'seconds':>9} {'points/s':>10} {'frames/s':>9} {'point-frames/s':>15}")
-    for name, build in tracker_builders(args).items():
-        try:
-            torch.manual_seed(0)
-            tracker = build().to(device).eval()
-        except Exception as error:  # a missing optional module or a bad checkpoint skips one tracker
-            print(f"{name:<12} unavailable: {type(error).__name__}: {error}")
+          f"median of {args.repeats} calls after {args.warmup} warm-up calls; memory: {memory}")
+    print(f"{'tracker':<15} {'seconds':>9} {'points/s':>10} {'frames/s':>9} {'peak MB':>9}  weights")
+    forwarded = ["--device", args.device, "--frames", str(args.frames), "--height", str(args.height),
+                 "--width", str(args.width), "--points", str(args.points), "--query-frame", str(args.query_frame),
+                 "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    forwarded += ["--threads", str(args.threads)] if args.threads is not None else []
+    for spec in args.checkpoint:
+        forwarded += ["--checkpoint", spec]
+    for name in args.trackers:
+        command = [sys.executable, __file__, *forwarded, "--child", name]
+        completed = subprocess.run(command, capture_output=True, text=True)
+        weights = "file" if name in args.checkpoints else "random"
+        if completed.returncode != 0:
+            last = (completed.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"{name:<15} failed: {last}")
             continue
-        seconds = time_tracker(tracker, video, queries, args.repeats, args.warmup)
-        print(
-            f"{name:<12} {seconds:9.4g} {args.points / seconds:10.1f} {args.frames / seconds:9.2f} "
-            f"{args.points * args.frames / seconds:15.0f}"
-        )
+        result = json.loads(completed.stdout.strip().splitlines()[-1])
+        seconds = result["seconds"]
+        print(f"{name:<15} {seconds:9.4g} {args.points / seconds:10.1f} {args.frames / seconds:9.2f} "
+              f"{result['peak_mb']:9.0f}  {weights}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The ``sampt`` command.
 
-``sampt test|predict|validate --config ...`` is a ``LightningCLI`` over ``SamPtModule`` and any
+``sampt test|predict|validate --config ...`` is a ``LightningCLI`` over the run modules (``VosModule``, ``SamPtVisModule``) and any
 ``VideoDataModule``; ``sampt eval``, ``sampt eval-vis`` and ``sampt checkpoints`` are plain
 commands that need no model. Lightning (and torch) are imported only for the model
 subcommands, so the tools and ``sampt --help`` start in a fraction of a second.

@@ -5,7 +5,9 @@ Lightning.
 """
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -45,8 +47,15 @@ class SamptCLI(LightningCLI):
         if ensure is not None:
             ensure()
 
-    # LightningCLI calls before_<subcommand>() right before running it.
+    def _report_outputs(self) -> None:
+        # After Lightning's own results table: the run's last line says where its outputs are.
+        report = getattr(self.model, "report_outputs", None)
+        if report is not None:
+            report()
+
+    # LightningCLI calls before_<subcommand>() / after_<subcommand>() around running it.
     before_test = before_predict = before_validate = _ensure_checkpoints
+    after_test = after_predict = after_validate = _report_outputs
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -58,7 +67,7 @@ class SamptCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One seed for everything: Lightning's global seed also seeds SAM-PT's per-video sampling.
-        parser.link_arguments("seed_everything", "model.init_args.sam_pt.seed",
+        parser.link_arguments("seed_everything", "model.init_args.method.init_args.sam_pt.seed",
                               compute_fn=lambda seed: 0 if seed in (None, True, False) else int(seed))
 
 
@@ -73,6 +82,22 @@ def _trainer_defaults() -> dict:
     }
 
 
+class _DropAdvertisements(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def _quiet_lightning() -> None:
+    """Silence what Lightning prints on every run that a user can do nothing about: its own calls
+    of deprecated jsonargparse and torch APIs, and its product tips."""
+    # jsonargparse's documented switch for deprecation warnings.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning_utilities.core.rank_zero"):
+        logging.getLogger(name).addFilter(_DropAdvertisements())
+
+
 def run_lightning_cli(args: Optional[Sequence[str]] = None) -> None:
     """Parse ``args`` (None: ``sys.argv``) and run the model subcommand they name."""
     build_lightning_cli(args)
@@ -82,14 +107,12 @@ def build_lightning_cli(args: Optional[Sequence[str]] = None, run: bool = True) 
     """The CLI over ``args``; with ``run=False`` it only parses and instantiates (no subcommand
     in ``args`` then), which is how tests check that building a config fetches nothing."""
     from sampt.datamodules.base import VideoDataModule
-    from sampt.lightning import SamPtModule
+    from sampt.lightning_base import VideoModule
 
-    # Lightning's own calls of deprecated jsonargparse methods would print four warnings on every
-    # run that the user can do nothing about; jsonargparse's documented switch turns them off.
-    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    _quiet_lightning()
 
     return SamptCLI(
-        SamPtModule,
+        VideoModule,
         VideoDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

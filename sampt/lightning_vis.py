@@ -42,13 +42,12 @@ import torch
 from tqdm import tqdm
 
 from sampt.eval_vis import format_stats_table, masks_to_rles, write_results_json
-from sampt.lightning import SamPtModule
+from sampt.lightning_base import OutputOptions, VideoModule
 from sampt.methods.base import MethodResult
+from sampt.methods.sam_pt.method import SamPtMethod
 from sampt.methods.sam_pt.options import SamPtConfig
 from sampt.methods.sam_pt.pipeline import output_scale
 from sampt.proposals import ProposalConfig, propose_masks
-from sampt.sam.backends import SamConfig
-from sampt.trackers.base import PointTracker
 from sampt.video import ObjectQuery, VideoItem, davis_palette
 from sampt.writers import atomic_open
 
@@ -60,9 +59,9 @@ SCORE_MODES = ("original", "prompted_frames_mean")
 PARTS_FOLDER = ".results_parts"
 
 
-def _vis_sam_pt_defaults() -> SamPtConfig:
-    # SAM-PT's VIS setting: no iterative refinement, other objects' points not used as negatives,
-    # all proposals of a chunk tracked in one tracker call.
+def vis_sam_pt_defaults() -> SamPtConfig:
+    """SAM-PT's VIS setting: no iterative refinement, other objects' points not used as
+    negatives, all proposals of a chunk tracked in one tracker call."""
     return SamPtConfig.from_flat(iterative_refinement_iterations=0,
                                  add_other_objects_positive_points_as_negative_points=False,
                                  point_tracker_mask_batch_size=100)
@@ -85,44 +84,38 @@ def track_scores(result: MethodResult, mode: str, nan_aware: bool = False) -> to
     raise ValueError(f"score must be one of {SCORE_MODES}, got {mode!r}")
 
 
-class SamPtVisModule(SamPtModule):
+class SamPtVisModule(VideoModule):
     """SAM-PT for class-agnostic video instance segmentation (UVO); see the module docstring.
 
     Args:
-        sam, tracker, output_dir, save_trajectories, save_trajectories_csv,
-        num_visualized_videos, frame_progress_min_frames: as for :class:`SamPtModule`
-            (trajectories are saved per video with the proposal index, 1-based, as object id).
-        sam_pt: SAM-PT's options; defaults are SAM-PT's VIS setting
-            (``iterative_refinement_iterations`` 0, ``add_other_objects_positive_points_as_negative_points``
-            false, ``point_tracker_mask_batch_size`` 100).
+        method: a ``SamPtMethod`` (its SAM also proposes the objects); SAM-PT's VIS setting is
+            :func:`vis_sam_pt_defaults` (``configs/uvo.yaml``).
         proposals: the automatic mask generator's settings and ``max_num_masks``.
-        proposals_per_run: proposals tracked per SAM-PT run.
+        proposals_per_run: proposals tracked per SAM-PT run (each chunk a separate run).
         score: ``"original"`` (default; reproduces SAM-PT's numbers) or ``"prompted_frames_mean"``,
             see :func:`track_scores`.
+        output_dir, outputs: as for ``VosModule`` (trajectories are saved per video with the
+            proposal index, 1-based, as object id; the overlay GIF/mp4, object PNG and zip
+            options do not apply).
     """
 
     def __init__(
         self,
-        sam: SamConfig,
-        tracker: PointTracker,
-        sam_pt: SamPtConfig = _vis_sam_pt_defaults(),
+        method: SamPtMethod,
         proposals: ProposalConfig = ProposalConfig(),
         proposals_per_run: int = 100,
         score: str = "original",
         output_dir: Optional[str] = None,
-        save_trajectories: bool = False,
-        save_trajectories_csv: bool = False,
-        num_visualized_videos: int = 3,
-        frame_progress_min_frames: int = 100,
+        outputs: OutputOptions = OutputOptions(save_trajectories=False),
     ):
         if isinstance(proposals_per_run, bool) or not isinstance(proposals_per_run, int) or proposals_per_run < 1:
             raise ValueError(f"proposals_per_run must be a positive integer, got {proposals_per_run!r}")
         if score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
-        super().__init__(sam=sam, tracker=tracker, sam_pt=sam_pt, output_dir=output_dir,
-                         save_trajectories=save_trajectories, save_trajectories_csv=save_trajectories_csv,
-                         num_visualized_videos=num_visualized_videos,
-                         frame_progress_min_frames=frame_progress_min_frames)
+        if not isinstance(method, SamPtMethod):
+            raise ValueError(f"SamPtVisModule's method must be a SamPtMethod (its SAM proposes the objects), "
+                             f"got {type(method).__name__}")
+        super().__init__(method, output_dir, outputs)
         self.proposal_config = proposals
         self.proposals_per_run = proposals_per_run
         self.score_mode = score
@@ -142,7 +135,6 @@ class SamPtVisModule(SamPtModule):
 
     def protocol(self) -> dict[str, Any]:
         info = super().protocol()
-        info.pop("skip_first_and_last", None)
         info.update({
             "task": "class-agnostic video instance segmentation (YouTube-VIS video mask AP)",
             "query_mode": "SAM automatic mask proposals on frame 0, each tracked by SAM-PT",
@@ -161,12 +153,12 @@ class SamPtVisModule(SamPtModule):
                              f"{tuple(video.frames.shape[-2:])}, got {tuple(proposals.shape)}")
         video_id = int(video.meta["video_id"])
         num_frames = video.num_frames
-        visualize = self._videos_seen < self.num_visualized_videos
+        visualize = self._videos_seen < self.outputs.num_visualized_videos
         index_masks = torch.zeros((num_frames, *video.output_size), dtype=torch.uint8) if visualize else None
         entries: list[dict] = []
         results: list[MethodResult] = []
         bar = None
-        if num_frames >= self.frame_progress_min_frames and len(proposals):
+        if num_frames >= self.outputs.frame_progress_min_frames and len(proposals):
             bar = tqdm(total=num_frames * -(-len(proposals) // self.proposals_per_run), leave=False, unit="frame",
                        desc=f"{video.name} frames")
         started = time.perf_counter()
@@ -325,6 +317,9 @@ class SamPtVisModule(SamPtModule):
                 print(format_stats_table(stats))
             with contextlib.suppress(OSError):  # other ranks' parts are gone once they were gathered
                 self._parts_dir().rmdir()
+
+    def results_files(self) -> list[Path]:
+        return [self.output_dir / "results.json", self.output_dir / "vis_metrics.json"]
 
     def _log_instances(self, lines: list[dict]) -> None:
         experiment = self._experiment()

@@ -25,7 +25,7 @@ from sampt.datamodules.dummy_ytvos import synthetic_video, write_mose, write_you
 from sampt.video import davis_palette
 
 TINY = ["--config", "configs/test/tiny_sam.yaml", "--config", "configs/test/tiny.yaml",
-        "--model.init_args.sam.checkpoint_path", str(TINY_SAM)]
+        "--model.init_args.method.init_args.sam.checkpoint_path", str(TINY_SAM)]
 HEIGHT, WIDTH = 48, 64
 
 
@@ -235,7 +235,7 @@ def test_demo_tiny_writes_masks_overlays_and_trajectories(tmp_path):
     from sampt.datamodules.io import longest_side_shape
 
     sampt_main(["predict", "--config", "configs/demo.yaml", "--config", "configs/demo_tiny.yaml",
-                "--model.init_args.sam.checkpoint_path", str(TINY_SAM),
+                "--model.init_args.method.init_args.sam.checkpoint_path", str(TINY_SAM),
                 "--model.init_args.output_dir", str(tmp_path / "predictions"),
                 "--trainer.logger.init_args.save_dir", str(tmp_path)])
     clip = REPO / "assets/demo/car-shadow"
@@ -285,8 +285,8 @@ def test_demo_tiny_writes_masks_overlays_and_trajectories(tmp_path):
 
 def test_demo_tiny_uses_the_test_sam(tmp_path):
     """configs/demo_tiny.yaml repeats configs/test/tiny_sam.yaml's SAM block: they must agree."""
-    demo_tiny = yaml.safe_load((REPO / "configs/demo_tiny.yaml").read_text())["model"]["init_args"]["sam"]
-    tiny_sam = yaml.safe_load((REPO / "configs/test/tiny_sam.yaml").read_text())["model"]["sam"]
+    demo_tiny = yaml.safe_load((REPO / "configs/demo_tiny.yaml").read_text())["model"]["init_args"]["method"]["init_args"]["sam"]
+    tiny_sam = yaml.safe_load((REPO / "configs/test/tiny_sam.yaml").read_text())["model"]["method"]["init_args"]["sam"]
     assert demo_tiny == tiny_sam
 
 

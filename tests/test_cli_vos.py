@@ -110,7 +110,7 @@ def test_rerun_with_another_configuration_recomputes_and_says_what_changed(davis
     # Told to refuse, a changed option stops the run and names the video and the option.
     with pytest.raises(SystemExit) as exit_info:
         run_test("configs/d17.yaml", davis2017_sample, tmp_path, "--data.init_args.max_videos", "1",
-                 "--seed_everything", "7", "--model.init_args.sam_pt.query.positive_points_per_mask", "2",
+                 "--seed_everything", "7", "--model.init_args.method.init_args.sam_pt.query.positive_points_per_mask", "2",
                  "--model.init_args.on_stale_results", "error")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err

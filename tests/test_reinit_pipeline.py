@@ -285,7 +285,7 @@ def test_sampt_test_with_the_reinit_config(davis2017_sample, tmp_path, monkeypat
           "--config", "configs/test/tiny.yaml", "--config", "configs/model/sam_pt_reinit.yaml",
           "--data.init_args.root", str(davis2017_sample), "--data.init_args.max_frames", "6",
           "--data.init_args.longest_size", "256",
-          "--model.init_args.sam_pt.reinit.reinit_horizon", "4", "--model.init_args.sam_pt.reinit.reinit_point_tracker_horizon", "4",
+          "--model.init_args.method.init_args.sam_pt.reinit.reinit_horizon", "4", "--model.init_args.method.init_args.sam_pt.reinit.reinit_point_tracker_horizon", "4",
           "--model.output_dir", str(out / "predictions"), "--trainer.logger.init_args.save_dir", str(out)])
     for sequence in ("blackswan", "car-shadow"):
         pngs = sorted(p.name for p in (out / "predictions" / sequence).glob("*.png"))

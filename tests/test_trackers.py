@@ -536,15 +536,18 @@ def test_benchmark_script_runs_and_reports_every_tracker(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     argv = ["--frames", "3", "--height", "64", "--width", "96", "--points", "5", "--repeats", "1",
-            "--warmup", "0", "--raft-updates", "1", "--trackers", "lk", "static", "raft_small"]
+            "--warmup", "0", "--threads", "1", "--trackers", "lk", "static", "raft_small"]
     assert bench.main(argv) == 0
     report = capsys.readouterr().out
     for name in ("lk", "static", "raft_small"):
-        line = next(line for line in report.splitlines() if line.startswith(name))
-        seconds, points_per_second, frames_per_second, point_frames_per_second = map(float, line.split()[1:])
-        assert seconds > 0
+        line = next(line for line in report.splitlines() if line.startswith(name + " "))
+        seconds, points_per_second, frames_per_second, peak_mb = map(float, line.split()[1:5])
+        assert seconds > 0 and peak_mb >= 0 and line.split()[5] == "random"
         assert points_per_second / frames_per_second == pytest.approx(5 / 3, rel=1e-2)
-        assert point_frames_per_second / frames_per_second == pytest.approx(5, rel=1e-2)
+    # Every registered tracker has a benchmark setting.
+    import sampt.trackers
+
+    assert {entry[0] for entry in bench.TRACKER_SETTINGS.values()} == set(sampt.trackers.TRACKERS.names()) - {"replay"}
     assert "torch " + torch.__version__ in report
     with pytest.raises(SystemExit):
         bench.main(argv + ["--query-frame", "3"])

@@ -20,7 +20,9 @@ from sampt.datamodules.dummy_uvo import write_uvo
 from sampt.datamodules.uvo import UVO, decode_segmentation, shortest_edge_shape, subset_ground_truth
 from sampt.errors import DatasetLayoutError
 from sampt.eval_vis import main as eval_vis_main
-from sampt.lightning_vis import SamPtVisModule, track_scores
+from sampt.lightning_base import OutputOptions
+from sampt.lightning_vis import SamPtVisModule, track_scores, vis_sam_pt_defaults
+from sampt.methods.sam_pt.method import SamPtMethod
 from sampt.metrics.vis_ap import STAT_NAMES, evaluate_vis
 from sampt.methods.base import FrameOutput
 from sampt.methods.sam_pt.options import SamPtConfig
@@ -39,7 +41,12 @@ LOOSE_PROPOSALS = ["--model.init_args.proposals.points_per_side", "2",
                    "--model.init_args.proposals.max_num_masks", "4",
                    "--model.init_args.proposals_per_run", "2",
                    # SAM-PT's VIS value (configs/test/tiny.yaml sets 2 for the VOS tests).
-                   "--model.init_args.sam_pt.prompting.iterative_refinement_iterations", "0"]
+                   "--model.init_args.method.init_args.sam_pt.prompting.iterative_refinement_iterations", "0"]
+
+
+def random_method(sam_pt=None):
+    """SAM-PT with a random-weight custom SAM and the static tracker (VIS defaults)."""
+    return SamPtMethod(SamConfig(backend="custom", random_init=True), StaticTracker(), sam_pt or vis_sam_pt_defaults())
 
 
 @pytest.fixture(scope="module")
@@ -311,8 +318,8 @@ def _oracle_module(datamodule, output_dir, **pipeline_options):
         def tracking_pipeline(self):
             return pipeline
 
-    module = OracleModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker(),
-                          proposals_per_run=2, output_dir=str(output_dir), num_visualized_videos=1)
+    module = OracleModule(random_method(), proposals_per_run=2, output_dir=str(output_dir),
+                          outputs=OutputOptions(save_trajectories=False, num_visualized_videos=1))
     module.oracle_pipeline = pipeline
     return module
 
@@ -391,8 +398,7 @@ def test_predict_writes_results_without_a_metric_and_validate_scores(uvo_tree, t
 def test_videos_without_proposals_yield_no_instances(uvo_tree, tmp_path):
     root, _, _ = uvo_tree
     datamodule = UVO(str(root), max_videos=2)
-    module = SamPtVisModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker(),
-                            proposals=ProposalConfig(points_per_side=2, pred_iou_thresh=1e9),
+    module = SamPtVisModule(random_method(), proposals=ProposalConfig(points_per_side=2, pred_iou_thresh=1e9),
                             output_dir=str(tmp_path / "predictions"))
     logged = _test(module, datamodule, tmp_path)
     assert json.loads((tmp_path / "predictions" / "results.json").read_text()) == []
@@ -406,11 +412,12 @@ def test_videos_without_proposals_yield_no_instances(uvo_tree, tmp_path):
 
 def test_module_options_are_validated():
     with pytest.raises(ValueError, match="proposals_per_run"):
-        SamPtVisModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker(), proposals_per_run=0)
+        SamPtVisModule(random_method(), proposals_per_run=0)
     with pytest.raises(ValueError, match="score"):
-        SamPtVisModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker(), score="max")
-    module = SamPtVisModule(sam=SamConfig(backend="custom", random_init=True), tracker=StaticTracker())
-    config = module.method.config
+        SamPtVisModule(random_method(), score="max")
+    with pytest.raises(ValueError, match="must be a SamPtMethod"):
+        SamPtVisModule(torch.nn.Identity())
+    config = vis_sam_pt_defaults()
     assert (config.prompting.iterative_refinement_iterations,
             config.prompting.add_other_objects_positive_points_as_negative_points,
             config.batching.point_tracker_mask_batch_size) == (0, False, 100)
