@@ -67,7 +67,9 @@ TRACKER_SETTINGS: dict[str, tuple[str, dict]] = {
     "tapnet": ("tapnet", {}),
     "pips": ("pips", {}),
     "pips_plus_plus": ("pips_plus_plus", {}),
-    "superglue": ("superglue", {}),
+    # Random SuperPoint weights detect a keypoint in almost every cell (about 6,000 at 432x240),
+    # and SuperGlue's cost is quadratic in them; trained weights find on the order of a thousand.
+    "superglue": ("superglue", {"max_keypoints": 1024}),
 }
 DOWNLOAD_FREE = list(TRACKER_SETTINGS)
 

@@ -48,11 +48,12 @@ from typing import Optional, Sequence
 import torch
 
 from sampt.errors import DatasetLayoutError
+from sampt.io.png import PNG_RULE
 from sampt.video import ObjectQuery, VideoItem, davis_palette
 
 from .base import VideoDataModule, VideoDataset
-from .io import (IndexMask, image_size, list_frame_files, read_index_png, read_rgb,
-                 resize_frames_longest_side, resize_masks_nearest)
+from .io import (image_size, list_frame_files, read_annotation_pngs, read_rgb, resize_frames_longest_side,
+                 resize_masks_nearest)
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ expected a DAVIS 2017 tree:
 <root>/
   ImageSets/2017/<split>.txt        one sequence name per line (val.txt, test-dev.txt)
 {_FRAME_TREE}
-  Annotations/480p/<sequence>/00000.png, ...   palette PNGs, pixel value = object id
+  Annotations/480p/<sequence>/00000.png, ...   palette PNGs, pixel value = object id (grayscale ids too)
 (<root> may also be a folder containing it as DAVIS/, trainval/ or test-dev/)"""
 
 D16_LAYOUT = f"""\
@@ -156,12 +157,12 @@ class DavisDataset(VideoDataset):
     def video_names(self) -> list[str]:
         return [s.name for s in self.sequences]
 
-    def _read_annotation(self, path: Path) -> IndexMask:
-        mask = read_index_png(path, binarize_grayscale=True)
+    def _read_annotations(self, paths: Sequence[Path]) -> tuple[list[torch.Tensor], Optional[list[int]]]:
+        """One folder's annotation PNGs with the one PNG rule (``sampt.io.png``), merged for D16."""
+        masks, palette = read_annotation_pngs(paths)
         if self.merge_objects:
-            merged = ((mask.indices > 0) & (mask.indices != VOID_INDEX)).to(torch.uint8)
-            return IndexMask(merged, mask.palette)
-        return mask
+            masks = [((mask > 0) & (mask != VOID_INDEX)).to(torch.uint8) for mask in masks]
+        return masks, palette
 
     def load(self, index: int) -> VideoItem:
         sequence = self.sequences[index]
@@ -185,20 +186,18 @@ class DavisDataset(VideoDataset):
 
         annotation_dir = self.data_root / "Annotations" / OUTPUT_RESOLUTION_DIR / sequence.name
         annotations: dict[int, torch.Tensor] = {}  # frame index -> (h, w) uint8
-        palette: Optional[list[int]] = None
+        paths = {t: annotation_dir / f"{stem}.png" for t, stem in enumerate(frame_names)}
+        paths = {t: path for t, path in paths.items() if path.is_file()}
+        masks, palette = self._read_annotations(list(paths.values()))
         first_annotation: Optional[Path] = None
-        for t, stem in enumerate(frame_names):
-            path = annotation_dir / f"{stem}.png"
-            if not path.is_file():
-                continue
-            mask = self._read_annotation(path)
+        for (t, path), mask in zip(paths.items(), masks):
             if first_annotation is None:
-                first_annotation, palette = path, mask.palette
-            elif mask.indices.shape != annotations[min(annotations)].shape:
+                first_annotation = path
+            elif mask.shape != annotations[min(annotations)].shape:
                 raise DatasetLayoutError(
-                    f"annotation {path} is {tuple(mask.indices.shape)} (H, W) but {first_annotation} is "
+                    f"annotation {path} is {tuple(mask.shape)} (H, W) but {first_annotation} is "
                     f"{tuple(annotations[min(annotations)].shape)}: all annotations of a sequence must have one size")
-            annotations[t] = mask.indices
+            annotations[t] = mask
         if first_annotation is None:
             raise DatasetLayoutError(
                 f"no annotation for any of the {len(frame_names)} frames of sequence {sequence.name!r} in "
@@ -210,7 +209,7 @@ class DavisDataset(VideoDataset):
         if not objects:
             raise DatasetLayoutError(
                 f"the annotations of sequence {sequence.name!r} in {annotation_dir} contain no object "
-                f"(only background 0 / void {VOID_INDEX})")
+                f"(only background 0 / void {VOID_INDEX}); {PNG_RULE}")
 
         if len(annotations) == len(frame_names):
             ground_truth = torch.stack([annotations[t] for t in range(len(frame_names))])
@@ -291,7 +290,7 @@ class DavisDataset(VideoDataset):
         path = self.data_root / "Annotations" / sequence.resolution / sequence.name / f"{stem}.png"
         if not path.is_file():
             return None
-        indices = self._read_annotation(path).indices
+        indices = self._read_annotations([path])[0][0]
         if tuple(indices.shape) != tuple(source_size):
             raise DatasetLayoutError(
                 f"annotation {path} is {tuple(indices.shape)} (H, W) but the frames in "

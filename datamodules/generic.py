@@ -247,14 +247,8 @@ def read_video_file(path: Path, longest_size: Optional[int], frame_stride: int =
 
 
 def _read_user_masks(paths: dict[int, Path]) -> SparseAnnotations:
-    """Index PNGs: palette ids as they are; a grayscale 0/255 mask is object 1."""
-    annotations = read_sparse_annotations(paths, error=InputFormatError, binarize_grayscale=False)
-    if annotations.palette is None:
-        for t, mask in annotations.masks.items():
-            values = set(torch.unique(mask).tolist())
-            if values <= {0, 255}:
-                annotations.masks[t] = (mask == 255).to(torch.uint8)
-    return annotations
+    """Index PNGs with the one rule of ``sampt.io.png`` (a 0/255 grayscale folder is object 1)."""
+    return read_sparse_annotations(paths, error=InputFormatError)
 
 
 @dataclass(frozen=True)

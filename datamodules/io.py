@@ -7,6 +7,10 @@ shrinking; new side ``int(side * scale + 0.5)``) and resizes query masks with
 ``torch.nn.functional.interpolate(mode="nearest")``. Both choices are reproduced here so that
 inputs match SAM-PT's bit for bit, given the same decoded JPEG.
 
+Annotation PNGs are read with the one rule of :mod:`sampt.io.png` (palette indices, grayscale
+ids, a 0/255 grayscale sequence as object 1, RGB colours through the DAVIS palette):
+:func:`read_annotation_pngs` is what every data module calls.
+
 Every failure to read a file raises ``error`` (``DatasetLayoutError`` unless the caller asks
 for another ``SamptError``) naming the file, never a bare PIL exception.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,27 +26,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sampt.errors import DatasetLayoutError, SamptError
+from sampt.io import png as _png
 
 PathLike = Union[str, os.PathLike]
 
 #: File name endings accepted as video frames.
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-#: Grayscale annotations are binarised at this value (DAVIS 2016 stores 0 / 255).
-GRAYSCALE_OBJECT_THRESHOLD = 128
-
-
-class IndexMask(NamedTuple):
-    """An annotation PNG as read by ``read_index_png``.
-
-    Attributes:
-        indices: ``(H, W) uint8`` per-pixel object index (0 = background).
-        palette: the PNG's palette as 768 ints (padded with zeros), or None for grayscale PNGs.
-    """
-
-    indices: torch.Tensor
-    palette: Optional[list[int]]
-
 
 def _open_image(path: Path, error: type[SamptError]) -> Image.Image:
     if not path.is_file():
@@ -75,35 +64,20 @@ def read_rgb(path: PathLike, error: type[SamptError] = DatasetLayoutError) -> to
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def read_index_png(path: PathLike, binarize_grayscale: bool = True,
-                   error: type[SamptError] = DatasetLayoutError) -> IndexMask:
-    """Read an annotation PNG as per-pixel object indices.
+def read_annotation_pngs(paths: Sequence[PathLike], error: type[SamptError] = DatasetLayoutError
+                         ) -> tuple[list[torch.Tensor], Optional[list[int]]]:
+    """Read the annotation PNGs of one sequence folder with the one rule (``sampt.io.png.PNG_RULE``).
 
-    * palette (``P``) PNGs: the pixel values are the object indices (DAVIS 2017, YouTube-VOS).
-    * grayscale (``L``) PNGs: with ``binarize_grayscale`` (DAVIS 2016's 0 / 255 masks), pixels
-      ``>= 128`` become 1 and the rest 0; without it the gray values are returned as indices.
-    * 1-bit (``1``) PNGs: 0 / 1.
+    Args:
+        paths: the sequence's annotation PNGs (e.g. its annotated frames), read together: a
+            folder of 0/255 grayscale PNGs is one object (id 1), other grayscale values are ids.
 
     Returns:
-        ``IndexMask(indices (H, W) uint8, palette)``; ``palette`` is None unless the PNG has one.
+        ``(masks, palette)``: one ``(H, W) uint8`` index tensor per path (sizes unchecked) and the
+        first palette PNG's 768-int palette, or None when no PNG has a palette.
     """
-    path = Path(path)
-    image = _open_image(path, error)
-    palette: Optional[list[int]] = None
-    if image.mode == "P":
-        indices = np.asarray(image, dtype=np.uint8)
-        raw_palette = image.getpalette() or []
-        # Pillow may store fewer than 256 entries; writers expect a full 768-int palette.
-        palette = (list(raw_palette) + [0] * 768)[:768]
-    elif image.mode == "L":
-        gray = np.asarray(image, dtype=np.uint8)
-        indices = (gray >= GRAYSCALE_OBJECT_THRESHOLD).astype(np.uint8) if binarize_grayscale else gray
-    elif image.mode == "1":
-        indices = np.asarray(image, dtype=np.uint8)
-    else:
-        raise error(f"annotation {path} has PNG mode {image.mode!r}; expected a palette ('P') PNG "
-                    f"whose pixel values are object indices, or a grayscale ('L') 0/255 mask")
-    return IndexMask(torch.from_numpy(indices.copy()), palette)
+    masks, palette = _png.read_index_pngs([Path(p) for p in paths], error=error, what="annotation")
+    return [torch.from_numpy(np.require(mask, requirements=["C", "W"])) for mask in masks], palette
 
 
 def longest_side_shape(height: int, width: int, longest_size: Optional[int]) -> tuple[int, int]:

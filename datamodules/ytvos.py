@@ -35,7 +35,7 @@ from sampt.errors import DatasetLayoutError, SamptError
 from sampt.video import ObjectQuery, VideoItem, davis_palette
 
 from .base import VideoDataModule, VideoDataset
-from .io import (image_size, list_frame_files, longest_side_shape, read_index_png, read_rgb, resize_masks_nearest,
+from .io import (image_size, list_frame_files, longest_side_shape, read_annotation_pngs, read_rgb, resize_masks_nearest,
                  resize_rgb)
 
 logger = logging.getLogger(__name__)
@@ -101,25 +101,25 @@ class SparseAnnotations:
         return int(first.shape[0]), int(first.shape[1])
 
 
-def read_sparse_annotations(annotation_paths: dict[int, Path], error: type[SamptError] = DatasetLayoutError,
-                            binarize_grayscale: bool = False) -> SparseAnnotations:
-    """Read the annotation PNGs ``{frame index: path}``; all must have one size.
+def read_sparse_annotations(annotation_paths: dict[int, Path], error: type[SamptError] = DatasetLayoutError
+                            ) -> SparseAnnotations:
+    """Read the annotation PNGs ``{frame index: path}`` of one video; all must have one size.
 
-    Palette PNGs give object ids; grayscale PNGs are 0/255 single-object masks with
-    ``binarize_grayscale`` (ids 0/1), else their gray values are the ids.
+    The PNGs are read together with the one rule of ``sampt.io.png`` (palette indices and
+    grayscale values are ids; a video whose PNGs are all 0/255 grayscale is object 1; RGB
+    colours through the DAVIS palette).
     """
     annotations = SparseAnnotations()
-    for t in sorted(annotation_paths):
+    order = sorted(annotation_paths)
+    masks, annotations.palette = read_annotation_pngs([annotation_paths[t] for t in order], error=error)
+    for t, mask in zip(order, masks):
         path = annotation_paths[t]
-        mask = read_index_png(path, binarize_grayscale=binarize_grayscale, error=error)
         if annotations.masks:
             first_t = min(annotations.masks)
-            if tuple(mask.indices.shape) != tuple(annotations.masks[first_t].shape):
-                raise error(f"annotation {path} is {tuple(mask.indices.shape)} (H, W) but {annotations.paths[first_t]} "
+            if tuple(mask.shape) != tuple(annotations.masks[first_t].shape):
+                raise error(f"annotation {path} is {tuple(mask.shape)} (H, W) but {annotations.paths[first_t]} "
                             f"is {tuple(annotations.masks[first_t].shape)}: all annotations of a video must have one size")
-        else:
-            annotations.palette = mask.palette
-        annotations.masks[t] = mask.indices
+        annotations.masks[t] = mask
         annotations.paths[t] = path
     return annotations
 

@@ -630,7 +630,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.component:
         rows = [row for row in rows if row["component"] == args.component]
     print(_format_table(rows, args.verify))
-    if args.verify and any(row["md5_ok"] is False for row in rows):
-        print("error: some cached checkpoints do not match their md5 (MD5 = WRONG)", file=sys.stderr)
+    wrong = [row for row in rows if args.verify and row["md5_ok"] is False]
+    if wrong:
+        lines = ["error: some cached checkpoints do not match their md5 (MD5 = WRONG). To reset one, delete it "
+                 "and download it again:"]
+        for row in wrong:
+            path = Path(row["path"])
+            checkpoint = CHECKPOINTS[row["name"]]
+            # Without a published md5 the expectation is the record of the first copy that loaded.
+            record = "" if checkpoint.md5 is not None else f" {shlex.quote(str(md5_record_path(path)))}"
+            lines.append(f"  rm {shlex.quote(str(path))}{record} && sampt checkpoints --download {row['name']}")
+        print("\n".join(lines), file=sys.stderr)
         failed = True
     return 1 if failed else 0

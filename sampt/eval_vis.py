@@ -2,24 +2,30 @@
 
 Results files are lists of ``{"video_id": int, "score": float, "category_id": int,
 "segmentations": [one RLE dict with string counts (or null) per frame]}``, the format the
-YouTube-VIS / UVO tools read. The metric itself lives in :mod:`sampt.metrics.vis_ap`.
+YouTube-VIS / UVO tools read. The metric itself lives in :mod:`sampt.metrics.vis_ap`, imported
+when a function needs it (it brings torch), so that ``sampt eval-vis --help`` starts light.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-from typing import Iterable, Mapping, Optional, Sequence, Union
+import sys
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import torch
 
 from sampt.errors import InputFormatError
-from sampt.metrics.vis_ap import STAT_NAMES, encode_masks, evaluate_vis
-from sampt.writers import write_text_atomic
+from sampt.io.atomic import write_text_atomic
 
 
-def masks_to_rles(masks: Union[np.ndarray, torch.Tensor]) -> list:
+def _is_tensor(value) -> bool:
+    """A torch tensor, told without importing torch (only loaded modules can make one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def masks_to_rles(masks: Any) -> list:
     """Encode one tube's masks as JSON-serialisable compressed RLEs.
 
     Args:
@@ -29,7 +35,9 @@ def masks_to_rles(masks: Union[np.ndarray, torch.Tensor]) -> list:
     Returns:
         T dicts ``{"size": [H, W], "counts": str}``.
     """
-    if isinstance(masks, torch.Tensor):
+    from sampt.metrics.vis_ap import encode_masks
+
+    if _is_tensor(masks):
         masks = masks.detach().cpu().numpy()
     return [_json_rle(rle) for rle in encode_masks(np.asarray(masks))]
 
@@ -61,14 +69,14 @@ def write_results_json(path: Union[str, os.PathLike], entries: Iterable[Mapping]
             if key not in entry:
                 raise InputFormatError(f"write_results_json({os.fspath(path)!r}): entry {index} has no {key!r}")
         segmentations = entry["segmentations"]
-        if isinstance(segmentations, (np.ndarray, torch.Tensor)):
+        if isinstance(segmentations, np.ndarray) or _is_tensor(segmentations):
             rles: list = masks_to_rles(segmentations)
         else:
             rles = [None if rle is None else _json_rle(rle) for rle in segmentations]
         score = entry["score"]
         serialised.append({
             "video_id": int(entry["video_id"]),
-            "score": float(score.item() if isinstance(score, torch.Tensor) else score),
+            "score": float(score.item() if _is_tensor(score) else score),
             "category_id": int(entry.get("category_id", 1)),
             "segmentations": rles,
         })
@@ -78,6 +86,8 @@ def write_results_json(path: Union[str, os.PathLike], entries: Iterable[Mapping]
 
 def format_stats_table(stats: Mapping[str, float]) -> str:
     """The 12 stats as a two-column text table (name, value; -1 = undefined)."""
+    from sampt.metrics.vis_ap import STAT_NAMES
+
     lines = [f"{'metric':<6}  value"]
     lines += [f"{name:<6}  {stats[name]:.6f}" for name in STAT_NAMES]
     return "\n".join(lines)
@@ -105,6 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             reference unknown video ids or have the wrong number of frames.
     """
     args = _build_parser().parse_args(argv)
+    from sampt.metrics.vis_ap import STAT_NAMES, evaluate_vis
+
     evaluation = evaluate_vis(args.gt, args.pred)
     stats = evaluation["stats"]
     print(format_stats_table(stats))

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from sampt.eval_vos import read_sequence_masks
 from sampt.merge import VosMerger
-from sampt.metrics.jf import DavisJF, official_sequence_rows
+from sampt.io.results import format_global_csv
+from sampt.metrics.jf import DavisJF
 from sampt.lightning_base import OutputOptions, VideoModule, say
 from sampt.methods.base import MethodResult, VosMethod
 from sampt.video import VideoItem, davis_palette
@@ -27,7 +28,6 @@ from sampt.writers import (atomic_open, completed_sequence, write_object_pngs, w
 
 log = logging.getLogger(__name__)
 
-GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
 #: What a rerun does with a video an earlier run finished with another configuration.
 STALE_RESULT_ACTIONS = ("recompute", "error")
 
@@ -273,15 +273,14 @@ class VosModule(VideoModule):
         stage = "val" if self.trainer.validating else "test"
         self.log_dict({f"{stage}/{k}": v for k, v in table.items()}, rank_zero_only=True)
         if self.trainer.is_global_zero:
-            self._write_results(table, rows)
+            self._write_results(rows)
             self._log_sequences(per_sequence)
             sys.stdout.flush()
-            tqdm.write(format_global_table(table).rstrip("\n"))
+            tqdm.write(format_global_csv(table).rstrip("\n"))
         self.jf.reset()
 
     def results_files(self) -> list[Path]:
-        split = getattr(self.trainer.datamodule, "split", "val") if self.trainer.datamodule is not None else "val"
-        return [self.output_dir.parent / f"global_results-{split}.csv"]
+        return [self.output_dir.parent / f"global_results-{self.split}.csv", self.output_dir.parent / "results.json"]
 
     def on_predict_epoch_end(self) -> None:
         self._finish_outputs()
@@ -304,17 +303,22 @@ class VosModule(VideoModule):
             line += f"; {total['unscored']} excluded from J&F (fewer than 3 frames)"
         say(line)
 
-    def _write_results(self, table: dict[str, float], rows: list[dict[str, Any]]) -> None:
-        split = getattr(self.trainer.datamodule, "split", "val") if self.trainer.datamodule is not None else "val"
+    def _write_results(self, rows: list[dict[str, Any]]) -> None:
+        """The official CSVs, the per-object CSV and ``results.json`` (the same files, byte for
+        byte, as ``sampt eval`` writes for the saved PNGs), and ``protocol.json`` (the run's
+        method, checkpoints and protocol)."""
+        from sampt.io.results import vos_protocol, write_vos_results
+
         out = self.output_dir.parent
-        with atomic_open(out / f"global_results-{split}.csv", "w", encoding="utf-8") as handle:
-            handle.write(format_global_table(table))
-        with atomic_open(out / f"per-sequence_results-{split}.csv", "w", encoding="utf-8") as handle:
-            handle.write("Sequence,J-Mean,F-Mean\n")
-            for name, j, f in official_sequence_rows(rows):
-                handle.write(f"{name},{j:.15g},{f:.15g}\n")
+        write_vos_results(out, rows, self.split, extra={
+            "protocol": vos_protocol("davis", self.skip_first_and_last, self.jf.bound_th)})
         with atomic_open(out / "protocol.json", "w", encoding="utf-8") as handle:
-            json.dump({"results": table, "protocol": self.protocol()}, handle, indent=2, default=str)
+            json.dump({"protocol": self.protocol()}, handle, indent=2, default=str)
+
+    @property
+    def split(self) -> str:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        return getattr(datamodule, "split", "val") if datamodule is not None else "val"
 
     def _log_sequences(self, per_sequence: list[dict[str, Any]]) -> None:
         experiment = self._experiment()
@@ -328,9 +332,3 @@ class VosModule(VideoModule):
                           title="J&F per sequence")
         experiment.add_image("sequence/J&F_bar_chart", chart, self.global_step, dataformats="HWC")
         experiment.add_text("protocol", "```\n" + json.dumps(self.protocol(), indent=2, default=str) + "\n```")
-
-
-def format_global_table(table: dict[str, float]) -> str:
-    """The official global CSV: a header line, then the values."""
-    return ",".join(GLOBAL_COLUMNS) + "\n" + ",".join(f"{table[c]:.15g}" for c in GLOBAL_COLUMNS) + "\n"
-

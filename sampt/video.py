@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
+
+from sampt.io.png import davis_palette  # noqa: F401  (re-exported: the palette lives with the PNG rule)
 
 
 @dataclass
@@ -68,16 +69,3 @@ class VideoItem:
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
 
-
-def davis_palette() -> list[int]:
-    """The standard DAVIS / YouTube-VOS / PASCAL VOC colour palette as a flat list of 768 ints."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    for index in range(256):
-        value, r, g, b = index, 0, 0, 0
-        for bit in range(8):
-            r |= ((value >> 0) & 1) << (7 - bit)
-            g |= ((value >> 1) & 1) << (7 - bit)
-            b |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette[index] = (r, g, b)
-    return palette.reshape(-1).tolist()

@@ -22,10 +22,11 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 
 from sampt.io.atomic import atomic_open, write_text_atomic  # noqa: F401  (re-exported)
-from sampt.video import davis_palette
+# PNG writing lives with PNG reading in sampt.io.png (one rule); re-exported for existing callers.
+from sampt.io.png import check_palette as _check_palette
+from sampt.io.png import write_binary_png, write_index_png  # noqa: F401  (re-exported)
 from sampt.visibility import VisibilityReason
 
 PathLike = Union[str, os.PathLike]
@@ -47,48 +48,6 @@ def _to_numpy(array: ArrayLike) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         return array.detach().cpu().numpy()
     return np.asarray(array)
-
-
-def _check_palette(palette: Optional[Sequence[int]]) -> list[int]:
-    if palette is None:
-        return davis_palette()
-    palette = [int(v) for v in palette]
-    if len(palette) % 3 != 0 or not 3 <= len(palette) <= 768 or min(palette) < 0 or max(palette) > 255:
-        raise ValueError(
-            f"palette must be a flat list of up to 256 RGB triples with values in 0..255, got {len(palette)} values"
-        )
-    return palette
-
-
-def write_index_png(path: PathLike, index_mask: ArrayLike, palette: Optional[Sequence[int]] = None) -> None:
-    """Write an index mask as a palette ('P' mode) PNG, atomically.
-
-    Args:
-        path: destination ``.png``.
-        index_mask: ``(h, w) uint8`` object ids (0 = background).
-        palette: flat list of ``3 * K`` ints (K <= 256); None = the DAVIS palette.
-    """
-    mask = _to_numpy(index_mask)
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise ValueError(f"index_mask must be (h, w) uint8, got shape {mask.shape} dtype {mask.dtype} for {path}")
-    image = Image.fromarray(np.ascontiguousarray(mask), mode="P")
-    image.putpalette(_check_palette(palette))
-    with atomic_open(path, "wb") as handle:
-        image.save(handle, format="PNG")
-
-
-def write_binary_png(path: PathLike, mask: ArrayLike) -> None:
-    """Write a binary mask as an 8-bit grayscale 0/255 PNG, atomically.
-
-    Args:
-        mask: ``(h, w)`` bool (or any dtype; nonzero = foreground).
-    """
-    mask = _to_numpy(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be (h, w), got shape {mask.shape} for {path}")
-    image = Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8), mode="L")
-    with atomic_open(path, "wb") as handle:
-        image.save(handle, format="PNG")
 
 
 def _marker_path(out_dir: PathLike, sequence: str) -> Path:

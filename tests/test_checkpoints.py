@@ -353,6 +353,8 @@ def test_main_lists_names_and_presence(monkeypatch, capsys):
     rows = {line.split()[0]: line.split() for line in captured.out.splitlines()[1:]}
     assert rows["tiny_test"][3] == "WRONG" and "cotracker3_offline" not in rows
     assert "do not match" in captured.err
+    # How to reset it: delete the file (it has a published md5: no record) and download it again.
+    assert f"rm {cache_dir() / entry.filename} && sampt checkpoints --download tiny_test" in captured.err
 
 
 def test_main_downloads_named_checkpoints(server, monkeypatch, capsys):

@@ -56,6 +56,21 @@ def test_d17_on_the_davis_sample(davis2017_sample, tmp_path):
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def test_sampt_eval_on_the_saved_pngs_writes_the_same_result_files(davis2017_sample, tmp_path):
+    run_test("configs/d17.yaml", davis2017_sample, tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_info:
+        sampt_main(["eval", "--gt", str(davis2017_sample / "Annotations/480p"), "--pred",
+                    str(tmp_path / "run/predictions"), "--out", str(tmp_path / "eval"), "--workers", "1"])
+    assert exit_info.value.code == 0
+    names = ["global_results-val.csv", "per-sequence_results-val.csv", "per-object_results-val.csv", "results.json"]
+    for name in names:
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "eval" / name).read_bytes(), name
+    header, rows = read_csv(tmp_path / "run/global_results-val.csv")
+    assert all(len(value.split(".")[1]) == 3 for value in rows[0])  # the official 3 decimals
+    full = json.loads((tmp_path / "run/results.json").read_text())
+    assert abs(full["global"]["J&F-Mean"] - float(rows[0][0])) <= 5e-4  # full precision kept in the JSON
+
+
 def test_d16_on_the_2016_release_layout(davis2016_sample, tmp_path):
     run_test("configs/d16.yaml", davis2016_sample, tmp_path, "--data.init_args.max_videos", "1")
     _, rows = read_csv(tmp_path / "per-sequence_results-val.csv")
@@ -208,6 +223,8 @@ def test_one_and_two_processes_give_identical_results(tmp_path):
             command += ["--trainer.strategy", "ddp"]
         completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert completed.returncode == 0, completed.stderr[-3000:]
+        assert "Tip:" not in completed.stdout + completed.stderr  # no product tips on every run
+        assert completed.stderr.strip().splitlines()[-1].startswith("sampt: predictions in")  # last line
         runs[devices] = out
     for name in ("global_results-val.csv", "per-sequence_results-val.csv"):
         assert (runs[1] / name).read_text() == (runs[2] / name).read_text()

@@ -18,7 +18,8 @@ from sampt.datamodules.base import UnpaddedDistributedSampler
 from sampt.datamodules.davis import D16, D17, parse_sequence_list
 from sampt.datamodules.dummy_davis import (convert_davis_sample, synthetic_multi_object_sequence, write_davis_2016,
                                            write_davis_2017)
-from sampt.datamodules.io import (longest_side_shape, read_index_png, read_rgb, resize_frames_longest_side,
+from sampt.io.png import read_index_png
+from sampt.datamodules.io import (longest_side_shape, read_rgb, resize_frames_longest_side,
                                   resize_masks_nearest)
 from sampt.errors import DatasetLayoutError
 from sampt.video import ObjectQuery, VideoItem, davis_palette
@@ -183,7 +184,7 @@ def test_high_resolution_frames_are_preferred(tmp_path, synthetic, caplog, high_
     # Shift one high-resolution annotation so that it differs from the upsampled 480p one: the
     # query mask must come from the frames' own resolution, as SAM-PT reads it.
     shifted = root / "Annotations" / high_res_dir / "boxes" / "00000.png"
-    indices = read_index_png(shifted).indices.numpy()
+    indices = read_index_png(shifted)
     image = Image.fromarray(np.roll(indices, 3, axis=1), mode="P")
     image.putpalette(davis_palette())
     image.save(shifted)
@@ -199,8 +200,8 @@ def test_high_resolution_frames_are_preferred(tmp_path, synthetic, caplog, high_
         assert item.output_size == (height, width)
         assert tuple(item.ground_truth.shape[-2:]) == (height, width)
         for query in item.objects:
-            on_disk = read_index_png(root / "Annotations" / high_res_dir / item.name /
-                                     f"{item.frame_names[query.query_frame]:s}.png").indices
+            on_disk = torch.from_numpy(read_index_png(root / "Annotations" / high_res_dir / item.name /
+                                                      f"{item.frame_names[query.query_frame]:s}.png"))
             assert torch.equal(query.mask, on_disk == query.object_id)
             assert tuple(query.output_mask.shape) == (height, width)
             upsampled = resize_masks_nearest(query.output_mask, (2 * height, 2 * width))
@@ -371,29 +372,6 @@ def test_missing_frame_folder_is_reported_at_setup(tmp_path, synthetic):
 
 
 # ----------------------------------------------------------------------------------- io helpers
-
-def test_read_index_png_modes(tmp_path):
-    indices = np.array([[0, 1, 2], [3, 255, 0]], np.uint8)
-    palette_png = tmp_path / "palette.png"
-    image = Image.fromarray(indices, mode="P")
-    image.putpalette(davis_palette())
-    image.save(palette_png)
-    read = read_index_png(palette_png)
-    assert np.array_equal(read.indices.numpy(), indices) and read.palette == davis_palette()
-
-    gray_png = tmp_path / "gray.png"
-    Image.fromarray(np.array([[0, 255, 200], [10, 128, 127]], np.uint8), mode="L").save(gray_png)
-    assert read_index_png(gray_png).indices.tolist() == [[0, 1, 1], [0, 1, 0]]
-    assert read_index_png(gray_png, binarize_grayscale=False).indices.tolist() == [[0, 255, 200], [10, 128, 127]]
-    assert read_index_png(gray_png).palette is None
-
-    rgb_png = tmp_path / "rgb.png"
-    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(rgb_png)
-    with pytest.raises(DatasetLayoutError, match="rgb.png"):
-        read_index_png(rgb_png)
-    with pytest.raises(DatasetLayoutError, match="missing.png"):
-        read_index_png(tmp_path / "missing.png")
-
 
 def test_resize_helpers():
     assert longest_side_shape(480, 854, 1024) == (576, 1024)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -176,14 +177,17 @@ def test_no_skip_first_and_last_needs_every_frame(tmp_path):
         evaluate_folders(tmp_path / "gt", tmp_path / "pred", out_dir=tmp_path / "b", skip_first_and_last=False)
 
 
-def test_prediction_id_absent_from_ground_truth_names_the_file(tmp_path):
+def test_prediction_id_absent_from_ground_truth_is_reported_and_strict_fails(tmp_path, capsys):
     gt = _two_object_gt()
     pred = np.where(gt == 255, 0, gt)
     pred[2, 0:2, 0:2] = 3
     _write_sequence(tmp_path / "gt" / "toy", gt)
     _write_sequence(tmp_path / "pred" / "toy", pred)
-    with pytest.raises(InputFormatError, match=r"00002\.png.*\[3\]"):
-        evaluate_folders(tmp_path / "gt", tmp_path / "pred")
+    row, rows = evaluate_folders(tmp_path / "gt", tmp_path / "pred")
+    assert [r["object_id"] for r in rows] == [1, 2] and row["J&F-Mean"] == 1.0  # id 3 is not scored
+    assert re.search(r"toy: id 3 \(first in .*00002\.png\)", capsys.readouterr().err)
+    with pytest.raises(InputFormatError, match=r"toy: id 3 \(first in .*00002\.png\)"):
+        evaluate_folders(tmp_path / "gt", tmp_path / "pred", strict=True)
 
 
 def test_missing_prediction_folder_frame_and_size_mismatch(tmp_path):
@@ -226,11 +230,11 @@ def test_grayscale_reading_rules(tmp_path):
     palette = binary.copy()  # palette 255 stays 255 (void)
     _write_sequence(tmp_path / "pal", palette)
     assert set(np.unique(read_sequence_masks(sorted((tmp_path / "pal").glob("*.png"))))) == {0, 255}
-    rgb_path = tmp_path / "rgb" / "00000.png"
-    rgb_path.parent.mkdir()
-    Image.fromarray(np.zeros((6, 6, 3), np.uint8), mode="RGB").save(rgb_path)
-    with pytest.raises(InputFormatError, match=r"00000\.png.*'RGB'"):
-        read_sequence_masks([rgb_path])
+    rgba_path = tmp_path / "rgba" / "00000.png"
+    rgba_path.parent.mkdir()
+    Image.fromarray(np.zeros((6, 6, 4), np.uint8), mode="RGBA").save(rgba_path)
+    with pytest.raises(InputFormatError, match=r"00000\.png.*'RGBA'"):
+        read_sequence_masks([rgba_path])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     with pytest.raises(InputFormatError, match="broken.png"):

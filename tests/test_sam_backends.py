@@ -310,11 +310,11 @@ def test_wrong_cached_file_fails_before_building(tmp_path, monkeypatch):
 
 def parse_sam_config(path: Path) -> SamConfig:
     parser = ArgumentParser()
-    parser.add_class_arguments(SamConfig, "model.sam")
+    parser.add_class_arguments(SamConfig, "model.method.init_args.sam")
     config = parser.parse_path(str(path))
     # `instantiate` replaced `instantiate_classes` in jsonargparse 4.49.
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return SamConfig(**vars(instantiate(config).model.sam))
+    return SamConfig(**vars(instantiate(config).model.method.init_args.sam))
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs" / "sam").glob("*.yaml")), ids=lambda p: p.stem)

@@ -332,7 +332,7 @@ def test_bad_inputs_and_options(tracker, clip):
 
 
 def test_registry_config_and_checkpoint_entry():
-    config = yaml.safe_load((REPO / "configs/tracker/pips.yaml").read_text())["model"]["tracker"]
+    config = yaml.safe_load((REPO / "configs/tracker/pips.yaml").read_text())["model"]["method"]["init_args"]["tracker"]
     assert config["class_path"] == "sampt.trackers.pips.PipsTracker"
     tracker = TRACKERS.build("pips", **config["init_args"])
     assert isinstance(tracker, PipsTracker) and tracker.weights_path is None  # nothing loaded yet
@@ -350,7 +350,7 @@ def test_sampt_cli_run_with_pips(davis2017_sample, official_dir, tmp_path, monke
     out = tmp_path / "run"
     sampt_main(["test", "--config", "configs/d17.yaml", "--config", "configs/test/tiny_sam.yaml",
                 "--config", "configs/test/tiny.yaml", "--config", "configs/tracker/pips.yaml",
-                "--model.tracker.init_args.checkpoint_path", str(official_dir / "model-000000100.pth"),
+                "--model.init_args.method.init_args.tracker.init_args.checkpoint_path", str(official_dir / "model-000000100.pth"),
                 "--data.init_args.root", str(davis2017_sample), "--data.init_args.longest_size", "128",
                 "--data.init_args.max_videos", "1",
                 "--model.init_args.output_dir", str(out / "predictions"),

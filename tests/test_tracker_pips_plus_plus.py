@@ -260,7 +260,7 @@ def test_bad_inputs_and_options(tracker, clip):
 
 
 def test_registry_config_and_checkpoint_entry():
-    config = yaml.safe_load((REPO / "configs/tracker/pips_plus_plus.yaml").read_text())["model"]["tracker"]
+    config = yaml.safe_load((REPO / "configs/tracker/pips_plus_plus.yaml").read_text())["model"]["method"]["init_args"]["tracker"]
     assert config["class_path"] == "sampt.trackers.pips_plus_plus.PipsPlusPlusTracker"
     tracker = TRACKERS.build("pips_plus_plus", **config["init_args"])
     assert isinstance(tracker, PipsPlusPlusTracker) and tracker.weights_path is None
@@ -277,7 +277,7 @@ def test_sampt_cli_run_with_pips_plus_plus(davis2017_sample, official_dir, tmp_p
     out = tmp_path / "run"
     sampt_main(["test", "--config", "configs/d17.yaml", "--config", "configs/test/tiny_sam.yaml",
                 "--config", "configs/test/tiny.yaml", "--config", "configs/tracker/pips_plus_plus.yaml",
-                "--model.tracker.init_args.checkpoint_path", str(official_dir / "model-000200000.pth"),
+                "--model.init_args.method.init_args.tracker.init_args.checkpoint_path", str(official_dir / "model-000200000.pth"),
                 "--data.init_args.root", str(davis2017_sample), "--data.init_args.longest_size", "256",
                 "--data.init_args.max_videos", "1",
                 "--model.init_args.output_dir", str(out / "predictions"),

@@ -352,10 +352,10 @@ def test_sampt_vos_run_with_the_superglue_tracker(davis2017_sample, weights, tmp
     monkeypatch.chdir(REPO)  # the configs use paths relative to the repository root
     run_test("configs/d17.yaml", davis2017_sample, tmp_path,
              "--config", "configs/tracker/superglue.yaml",
-             "--model.tracker.init_args.superpoint_checkpoint_path", weights["superpoint"],
-             "--model.tracker.init_args.superglue_checkpoint_path", weights["superglue"],
+             "--model.init_args.method.init_args.tracker.init_args.superpoint_checkpoint_path", weights["superpoint"],
+             "--model.init_args.method.init_args.tracker.init_args.superglue_checkpoint_path", weights["superglue"],
              # configs/test/tiny.yaml prompts with 4 positive + 1 negative points per mask
-             "--model.tracker.init_args.positive_points_per_mask", "4",
+             "--model.init_args.method.init_args.tracker.init_args.positive_points_per_mask", "4",
              "--data.init_args.max_videos", "1")
     header, per_sequence = read_csv(tmp_path / "per-sequence_results-val.csv")
     assert header == ["Sequence", "J-Mean", "F-Mean"] and len(per_sequence) == 1

@@ -313,7 +313,7 @@ def test_batches_chunks_and_degenerate_inputs(tapir_files, clip):
 def test_registry_configs_and_bad_arguments(tapir_files, boots_file):
     assert "tapir" in TRACKERS and "bootstapir" in TRACKERS
     for name, weights in (("tapir", tapir_files["npy"]), ("bootstapir", boots_file)):
-        settings = yaml.safe_load((REPO / "configs" / "tracker" / f"{name}.yaml").read_text())["model"]["tracker"]
+        settings = yaml.safe_load((REPO / "configs" / "tracker" / f"{name}.yaml").read_text())["model"]["method"]["init_args"]["tracker"]
         assert settings["class_path"] == "sampt.trackers.tapir.TapirTracker"
         tracker = TapirTracker(**{**settings["init_args"], "checkpoint_path": str(weights)})
         assert tracker.variant == name
@@ -372,7 +372,7 @@ def test_sampt_cli_run_with_tapir(davis2017_sample, tapir_files, tmp_path, monke
     out = tmp_path / "run"
     sampt_main(["test", "--config", "configs/d17.yaml", "--config", "configs/test/tiny_sam.yaml",
                 "--config", "configs/test/tiny.yaml", "--config", "configs/tracker/tapir.yaml",
-                "--model.tracker.init_args.checkpoint_path", str(tapir_files["npy"]),
+                "--model.init_args.method.init_args.tracker.init_args.checkpoint_path", str(tapir_files["npy"]),
                 "--data.init_args.root", str(davis2017_sample), "--data.init_args.longest_size", "128",
                 "--data.init_args.max_videos", "1",
                 "--model.init_args.output_dir", str(out / "predictions"),

@@ -301,7 +301,7 @@ def test_sampt_runs_with_tapnet_from_its_config(davis2017_sample, checkpoint_fil
     sampt_main(["test", "--config", "configs/d17.yaml",
                 "--config", "configs/test/tiny_sam.yaml", "--config", "configs/test/tiny.yaml",
                 "--config", "configs/tracker/tapnet.yaml",
-                "--model.tracker.init_args.checkpoint_path", str(checkpoint_file),
+                "--model.init_args.method.init_args.tracker.init_args.checkpoint_path", str(checkpoint_file),
                 "--data.init_args.root", str(davis2017_sample), "--data.init_args.longest_size", "128",
                 "--data.init_args.max_videos", "1",
                 "--model.init_args.output_dir", str(out / "predictions"),

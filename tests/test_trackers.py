@@ -506,7 +506,7 @@ def test_tracker_configs_instantiate_through_jsonargparse(name):
     from jsonargparse import ArgumentParser
 
     path = Path(__file__).resolve().parents[1] / "configs" / "tracker" / f"{name}.yaml"
-    section = yaml.safe_load(path.read_text())["model"]["tracker"]
+    section = yaml.safe_load(path.read_text())["model"]["method"]["init_args"]["tracker"]
     init_args = dict(section.get("init_args") or {})
     if name == "raft":
         # The shipped config names torchvision's published weights (loaded by prepare(), which
