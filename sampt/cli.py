@@ -31,6 +31,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _main(argv, explicit_args)
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as command-line tools do.
+        sys.stderr.close()
+        raise SystemExit(1) from None
     except Exception as error:
         # A user's mistake (missing checkpoint, bad dataset layout, malformed file): the message
         # says what and where; a traceback would only hide it. jsonargparse re-raises errors of

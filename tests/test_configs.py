@@ -2,8 +2,6 @@
 checkpoint cache or the network: weights resolve only when a run starts."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from conftest import REPO

@@ -52,10 +52,6 @@ PNG_RULE = (
 
 #: Pixel value of void (unlabelled) ground-truth pixels.
 VOID_ID = 255
-#: How grayscale values are read: the rule, values as ids, or a 128 threshold (legacy readers).
-GRAYSCALE_READINGS = ("auto", "ids", "threshold")
-#: Grayscale threshold of the legacy ``grayscale="threshold"`` reading.
-GRAYSCALE_THRESHOLD = 128
 
 _GRAYSCALE_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 _EXPECTED_MODES = "a palette PNG (mode 'P'), a grayscale PNG (mode 'L') or an RGB PNG"
@@ -250,7 +246,6 @@ def read_index_pngs(
     paths: Sequence[PathLike],
     error: type[SamptError] = InputFormatError,
     what: str = "mask",
-    grayscale: str = "auto",
     allow_rgb: bool = True,
 ) -> tuple[list[np.ndarray], Optional[list[int]]]:
     """Read the index PNGs of one sequence folder under the rule (see :data:`PNG_RULE`).
@@ -259,8 +254,6 @@ def read_index_pngs(
         paths: the sequence's PNGs (any subset of its frames, e.g. the annotated ones).
         error: the ``SamptError`` subclass raised on failure.
         what: how the files are called in messages.
-        grayscale: ``"auto"`` (the rule), ``"ids"`` (grayscale values always ids) or
-            ``"threshold"`` (grayscale >= 128 is object 1; legacy readers only).
         allow_rgb: accept RGB PNGs (the rule).
 
     Returns:
@@ -270,16 +263,7 @@ def read_index_pngs(
     Raises:
         ``error``: an unreadable PNG, or (with the rule) PNGs of different sizes.
     """
-    if grayscale not in GRAYSCALE_READINGS:
-        raise ValueError(f"grayscale must be one of {GRAYSCALE_READINGS}, got {grayscale!r}")
     paths = [Path(p) for p in paths]
-    if grayscale != "auto":  # explicit alternatives to the rule (legacy readers)
-        pngs = [decode_mask_png(p, error, what, allow_rgb=allow_rgb) for p in paths]
-        palette = next((png.palette for png in pngs if png.palette is not None), None)
-        if grayscale == "ids":
-            return [png.values for png in pngs], palette
-        return [(png.values >= GRAYSCALE_THRESHOLD).view(np.uint8) if png.kind == "grayscale" else png.values
-                for png in pngs], palette
     reader = IndexSequenceReader(what, error, allow_rgb)
     masks = [reader.read(path)[0] for path in paths]
     stale = set(reader.take_stale())
