@@ -109,7 +109,13 @@ class VideoModule(pl.LightningModule):
         self._stage_seconds = {}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.trainer.is_global_zero:
-            removed = remove_stray_temporaries(self.output_dir.parent, older_than=self._started_at)
+            # Only where this run writes: the predictions, the track and overlay folders and the
+            # result files beside them (the parent may hold other runs that are writing now).
+            run_dir = self.output_dir.parent
+            removed = remove_stray_temporaries(self.output_dir, older_than=self._started_at)
+            for folder in (run_dir / "trajectories", run_dir / "overlays"):
+                removed += remove_stray_temporaries(folder, older_than=self._started_at)
+            removed += remove_stray_temporaries(run_dir, older_than=self._started_at, recursive=False)
             if removed:
                 say(f"sampt: removed {len(removed)} temporary file(s) an interrupted earlier run left in "
                     f"{self.output_dir.parent}")

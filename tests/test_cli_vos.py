@@ -178,8 +178,13 @@ def test_stray_temporaries_of_an_interrupted_run_are_removed(davis2017_sample, t
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"half a png")
     os.utime(stray, (1e9, 1e9))
+    # Another run's folder next to this run's outputs: its temporaries are not this run's to remove.
+    other = tmp_path / "other_run/predictions/.00000.png.def456.tmp"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"being written")
+    os.utime(other, (1e9, 1e9))
     run_test("configs/d17.yaml", davis2017_sample, tmp_path, "--data.init_args.max_videos", "1")
-    assert not stray.exists()
+    assert not stray.exists() and other.exists()
     err = capsys.readouterr().err
     assert "removed 1 temporary file(s)" in err
     assert f"predictions in {tmp_path / 'predictions'}" in err.strip().splitlines()[-1]

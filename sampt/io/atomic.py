@@ -57,7 +57,7 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
         handle.write(data)
 
 
-def remove_stray_temporaries(folder: PathLike, older_than: float | None = None) -> list[Path]:
+def remove_stray_temporaries(folder: PathLike, older_than: float | None = None, recursive: bool = True) -> list[Path]:
     """Delete the temporaries that interrupted writes left under ``folder``; returns them.
 
     Only files named like :func:`atomic_open`'s temporaries (``.<name>.<random>.tmp``) and last
@@ -71,7 +71,7 @@ def remove_stray_temporaries(folder: PathLike, older_than: float | None = None) 
         return []
     cutoff = time.time() if older_than is None else older_than
     removed = []
-    for path in folder.rglob(".*.tmp"):
+    for path in (folder.rglob if recursive else folder.glob)(".*.tmp"):
         with contextlib.suppress(FileNotFoundError):
             if path.is_file() and path.stat().st_mtime < cutoff:
                 path.unlink()
