@@ -212,18 +212,14 @@ class SamPtConfig:
                 raise ValueError(f"unknown SAM-PT option {key!r}; valid options: {valid}")
         return cls(**{name: SECTIONS[name](**values) for name, values in sections.items()}, **top)
 
+    def flat(self) -> dict[str, Any]:
+        """Every option under its flat (original SAM-PT) name."""
+        options = {key: value for name in SECTIONS for key, value in dataclasses.asdict(getattr(self, name)).items()}
+        return {**options, "seed": self.seed}
+
     def replace(self, **options: Any) -> "SamPtConfig":
-        """A copy with some options changed, named flat as in :meth:`from_flat`."""
-        changed = {name: dict(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
-        top = {"seed": self.seed}
-        for key, value in options.items():
-            if key == "seed":
-                top[key] = value
-            elif key in SECTION_OF:
-                changed[SECTION_OF[key]][key] = value
-            else:
-                raise ValueError(f"unknown SAM-PT option {key!r}")
-        return SamPtConfig(**{name: SECTIONS[name](**values) for name, values in changed.items()}, **top)
+        """A copy with some options changed, named flat as in :meth:`from_flat` (validated again)."""
+        return SamPtConfig.from_flat(**{**self.flat(), **options})
 
 
 SECTIONS: dict[str, type] = {
