@@ -119,6 +119,48 @@ CHECKPOINTS: dict[str, Checkpoint] = _table(
         "https://github.com/ChaoningZhang/MobileSAM/raw/01ea8d0f5590082f0c1ceb0a3e2272593f20154b/weights/mobile_sam.pt",
         "f3c0d8cda613564d499310dab6c812cd", "sam", "MobileSAM (TinyViT encoder)", 41,
     ),
+    # SAM 2 / SAM 2.1 (facebookresearch/sam2 checkpoints/download_ckpts.sh); no md5 is published,
+    # so the md5 is recorded on first download. Read by sampt.sam.sam2_backend.
+    Checkpoint(
+        "sam2.1_hiera_tiny", "sam2.1_hiera_tiny.pt",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt",
+        None, "sam", "SAM 2.1 Hiera-T (no published md5)", 156,
+    ),
+    Checkpoint(
+        "sam2.1_hiera_small", "sam2.1_hiera_small.pt",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_small.pt",
+        None, "sam", "SAM 2.1 Hiera-S (no published md5)", 184,
+    ),
+    Checkpoint(
+        "sam2.1_hiera_base_plus", "sam2.1_hiera_base_plus.pt",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_base_plus.pt",
+        None, "sam", "SAM 2.1 Hiera-B+ (no published md5)", 324,
+    ),
+    Checkpoint(
+        "sam2.1_hiera_large", "sam2.1_hiera_large.pt",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt",
+        None, "sam", "SAM 2.1 Hiera-L (no published md5)", 898,
+    ),
+    Checkpoint(
+        "sam2_hiera_tiny", "sam2_hiera_tiny.pt",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_tiny.pt",
+        None, "sam", "SAM 2.0 Hiera-T (no published md5)", 156,
+    ),
+    Checkpoint(
+        "sam2_hiera_small", "sam2_hiera_small.pt",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_small.pt",
+        None, "sam", "SAM 2.0 Hiera-S (no published md5)", 184,
+    ),
+    Checkpoint(
+        "sam2_hiera_base_plus", "sam2_hiera_base_plus.pt",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_base_plus.pt",
+        None, "sam", "SAM 2.0 Hiera-B+ (no published md5)", 324,
+    ),
+    Checkpoint(
+        "sam2_hiera_large", "sam2_hiera_large.pt",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_large.pt",
+        None, "sam", "SAM 2.0 Hiera-L (no published md5)", 898,
+    ),
     Checkpoint(
         "cotracker_stride_4_wind_8", "cotracker_stride_4_wind_8.pth",
         f"{_COTRACKER_URL}/cotracker_stride_4_wind_8.pth",
@@ -590,12 +632,13 @@ def list_checkpoints(verify: bool = False) -> list[dict]:
 
 
 def _format_table(rows: list[dict], verify: bool) -> str:
-    headers = ["NAME", "COMPONENT", "PRESENT"] + (["MD5"] if verify else []) + ["PATH"]
+    headers = ["NAME", "COMPONENT", "PRESENT"] + (["MD5"] if verify else []) + ["SIZE", "PATH"]
     lines = []
     for row in rows:
         md5 = {True: "ok", False: "WRONG", None: "-"}[row["md5_ok"]]
         cells = [row["name"], row["component"], "yes" if row["present"] else "no"]
-        lines.append(cells + ([md5] if verify else []) + [row["path"]])
+        size = f"{CHECKPOINTS[row['name']].size_mb:.0f}MB" if row["name"] in CHECKPOINTS else "?"
+        lines.append(cells + ([md5] if verify else []) + [size, row["path"]])
     widths = [max(len(line[i]) for line in [headers] + lines) for i in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
                      for line in [headers] + lines)

@@ -338,3 +338,13 @@ def test_tiny_sam_test_config_builds_the_shared_model(monkeypatch):
     model = sam.build()
     saved = torch.load(TINY_SAM, map_location="cpu", weights_only=True)
     assert all(torch.equal(value, saved[key]) for key, value in model.sam.state_dict().items())
+
+
+def test_a_sam2_checkpoint_given_to_a_sam1_backend_names_both(tmp_path):
+    # Keys of a SAM 2 state dict (its decoder and memory modules) in a file given to SAM 1.
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": {"sam_mask_decoder.iou_token.weight": torch.zeros(1, 256),
+                          "memory_attention.layers.0.norm1.weight": torch.zeros(256)}}, path)
+    with pytest.raises(CheckpointError, match="is a SAM 2 checkpoint .* but SAM custom/custom is a SAM 1 model") as info:
+        build_sam("custom", checkpoint_path=str(path))
+    assert str(path) in str(info.value) and "sam2_video" in str(info.value)

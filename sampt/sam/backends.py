@@ -443,7 +443,10 @@ def build_sam(
         weights = resolve_checkpoint(name, checkpoint_path)
     module = build_sam_module(backend, entry.variant, custom)
     if weights is not None:
-        load_state_dict_file(module, weights, f"SAM {entry.label}")
+        from sampt.sam.sam2_backend import require_sam1_state
+
+        what = f"SAM {entry.label}"
+        load_state_dict_file(module, weights, what, convert=lambda state: require_sam1_state(state, weights, what))
     module.requires_grad_(False)
     if device is not None:
         module.to(device)
