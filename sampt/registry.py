@@ -1,7 +1,7 @@
 """Name -> builder registries (trackers, SAM variants, ...) that list the valid names on error."""
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -26,6 +26,10 @@ class Registry(Generic[T]):
             return builder
 
         return decorator
+
+    def add(self, name: str, entry: Any) -> None:
+        """Register a ready entry (a description rather than a builder) under ``name``."""
+        self.register(name)(entry)
 
     def get(self, name: str) -> Callable[..., T]:
         try:

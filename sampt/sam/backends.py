@@ -329,14 +329,13 @@ def _mobile_sam_modeling() -> Any:
     return _import_quietly("mobile_sam.modeling")
 
 
-SAM_BACKENDS: Registry[Registry[SamVariant]] = Registry("SAM backend")
+#: Every SAM variant by its label ``<backend>/<variant>`` (e.g. ``segment_anything/vit_b``).
+SAM_VARIANTS: Registry[SamVariant] = Registry("SAM variant")
 
 
 def _register_backend(backend: str, variants: list[SamVariant]) -> None:
-    registry: Registry[SamVariant] = Registry(f"{backend} variant")
     for entry in variants:
-        registry.register(entry.variant)(lambda entry=entry: entry)
-    SAM_BACKENDS.register(backend)(lambda registry=registry: registry)
+        SAM_VARIANTS.add(entry.label, entry)
 
 
 _register_backend("segment_anything", [
@@ -367,13 +366,22 @@ DEFAULT_VARIANTS = {"segment_anything": "vit_b", "segment_anything_hq": "vit_b",
 
 def get_sam_variant(backend: str, variant: Optional[str] = None) -> SamVariant:
     """The (backend, variant) entry; ``ValueError`` listing valid names when either is unknown."""
-    variants = SAM_BACKENDS.build(backend)
-    return variants.build(variant if variant is not None else DEFAULT_VARIANTS[backend])
+    variants = sam_variants()
+    if backend not in variants:
+        raise ValueError(f"unknown SAM backend {backend!r}; valid names: {', '.join(sorted(variants))}")
+    variant = variant if variant is not None else DEFAULT_VARIANTS[backend]
+    if variant not in variants[backend]:
+        raise ValueError(f"unknown {backend} variant {variant!r}; valid names: {', '.join(variants[backend])}")
+    return SAM_VARIANTS.get(f"{backend}/{variant}")
 
 
 def sam_variants() -> dict[str, list[str]]:
     """Valid variant names per backend, e.g. ``{"mobile_sam": ["vit_t"], ...}``."""
-    return {backend: SAM_BACKENDS.build(backend).names() for backend in SAM_BACKENDS.names()}
+    variants: dict[str, list[str]] = {}
+    for label in SAM_VARIANTS.names():
+        backend, variant = label.split("/", 1)
+        variants.setdefault(backend, []).append(variant)
+    return variants
 
 
 def build_sam_module(backend: str, variant: Optional[str] = None,
