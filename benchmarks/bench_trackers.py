@@ -54,40 +54,39 @@ def grid_queries(num_points: int, query_frame: int, height: int, width: int) -> 
     return torch.from_numpy(np.concatenate([frames, points], axis=1).astype(np.float32))[None]
 
 
-#: Benchmark names -> (registry name, constructor arguments) of every tracker.
+#: Benchmark names -> (tracker class name, constructor arguments) of every tracker.
 TRACKER_SETTINGS: dict[str, tuple[str, dict]] = {
-    "static": ("static", {}),
-    "lk": ("lk", {}),
-    "raft_small": ("raft", {"model": "raft_small"}),
-    "raft_large": ("raft", {"model": "raft_large"}),
-    "cotracker": ("cotracker", {}),
-    "cotracker3": ("cotracker3", {}),
-    "tapir": ("tapir", {}),
-    "bootstapir": ("bootstapir", {}),
-    "tapnet": ("tapnet", {}),
-    "pips": ("pips", {}),
-    "pips_plus_plus": ("pips_plus_plus", {}),
+    "static": ("StaticTracker", {}),
+    "lk": ("LucasKanadeTracker", {}),
+    "raft_small": ("RaftTracker", {"model": "raft_small"}),
+    "raft_large": ("RaftTracker", {"model": "raft_large"}),
+    "cotracker": ("CoTrackerTracker", {}),
+    "cotracker3": ("CoTracker3Tracker", {}),
+    "tapir": ("TapirTracker", {"variant": "tapir"}),
+    "bootstapir": ("TapirTracker", {"variant": "bootstapir"}),
+    "tapnet": ("TapNetTracker", {}),
+    "pips": ("PipsTracker", {}),
+    "pips_plus_plus": ("PipsPlusPlusTracker", {}),
     # Random SuperPoint weights detect a keypoint in almost every cell (about 6,000 at 432x240),
     # and SuperGlue's cost is quadratic in them; trained weights find on the order of a thousand.
-    "superglue": ("superglue", {"max_keypoints": 1024}),
+    "superglue": ("SuperGlueTracker", {"max_keypoints": 1024}),
 }
 DOWNLOAD_FREE = list(TRACKER_SETTINGS)
 
 
 def build_tracker_for_benchmark(name: str, num_points: int, checkpoint: str | None) -> PointTracker:
     """Tracker ``name`` with random weights of its real size, or the weights in ``checkpoint``."""
-    import sampt.trackers  # noqa: F401  (registers every tracker)
-    from sampt.trackers.base import TRACKERS
+    from sampt.trackers import build_tracker
 
-    registry_name, options = TRACKER_SETTINGS[name]
+    class_name, options = TRACKER_SETTINGS[name]
     options = dict(options)
-    if registry_name == "superglue":
+    if class_name == "SuperGlueTracker":
         # All queries as the positives of one mask (its mask falls back to their convex hull).
         options.update(positive_points_per_mask=num_points, negative_points_per_mask=0)
     if checkpoint is not None:
-        key = "superglue_checkpoint_path" if registry_name == "superglue" else "checkpoint_path"
+        key = "superglue_checkpoint_path" if class_name == "SuperGlueTracker" else "checkpoint_path"
         options[key] = checkpoint
-    tracker = TRACKERS.build(registry_name, **options)
+    tracker = build_tracker(class_name, **options)
     if checkpoint is None:
         tracker.prepare = lambda: None  # keep the random initialisation: nothing to download
     return tracker

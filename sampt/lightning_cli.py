@@ -5,8 +5,11 @@ Lightning.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -56,6 +59,24 @@ class SamptCLI(LightningCLI):
     # LightningCLI calls before_<subcommand>() / after_<subcommand>() around running it.
     before_test = before_predict = before_validate = _ensure_checkpoints
     after_test = after_predict = after_validate = _report_outputs
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # jsonargparse reports an unknown tracker class_path as "Expected a dot import path
+        # string"; the user needs the names that exist, so they are added to its message.
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(captured):
+                super().parse_arguments(parser, args)
+        except SystemExit:
+            message = captured.getvalue()
+            sys.stderr.write(message)
+            if 'Parser key "tracker"' in message:
+                from sampt.trackers import tracker_classes
+
+                names = ", ".join(f"{name} ({cls.__module__})" for name, cls in tracker_classes().items())
+                sys.stderr.write(f"sampt: point trackers (tracker.class_path, short or full): {names}\n")
+            raise
+        sys.stderr.write(captured.getvalue())
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

@@ -55,3 +55,17 @@ def test_stacked_configs_build_without_fetching(config, offline_empty_cache):
     cli = _build("d17.yaml", config)
     if config.startswith("tracker/"):
         assert cli.model.method.tracker.weight_files() == {}  # nothing loaded yet
+
+
+def test_an_unknown_tracker_class_lists_the_trackers(offline_empty_cache, capsys):
+    from sampt.cli import main as sampt_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        sampt_main(["test", "--config", "configs/d17.yaml",
+                    "--model.init_args.method.init_args.tracker.class_path", "CoTrackr", "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "CoTrackr" in err and "CoTrackerTracker (sampt.trackers.cotracker)" in err and "TapirTracker" in err
+    # The short class name is accepted as it is listed.
+    cli = _build("d17.yaml", "tracker/cotracker3.yaml")
+    assert type(cli.model.method.tracker).__name__ == "CoTracker3Tracker"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from conftest import VECTORS
 from sampt.checkpoints import read_state_dict_file
 from sampt.errors import CheckpointError
-from sampt.trackers.base import TRACKERS
+from sampt.trackers.base import build_tracker, tracker_classes
 from sampt.trackers.cotracker import (
     CoTrackerTracker,
     CoTrackerV1,
@@ -192,7 +192,7 @@ def test_wrong_shape_unreadable_and_missing_files_raise_checkpoint_error(v1_file
 
 
 def test_registry_and_bad_arguments(v1_files):
-    assert "cotracker" in TRACKERS and "cotracker3" in TRACKERS
+    assert tracker_classes()["CoTrackerTracker"] is CoTrackerTracker and "CoTracker3Tracker" in tracker_classes()
     with pytest.raises(ValueError, match="cotracker_stride_4_wind_8"):
         CoTrackerTracker(checkpoint="cotracker_stride_2_wind_4", checkpoint_path=v1_files["bare"])
     with pytest.raises(ValueError, match="cotracker3_offline"):
@@ -243,7 +243,7 @@ def test_v1_predictor(case_name, v1_model, v1_model_run, video, vectors_v1):
 
 def test_v1_sampt_wrapper(v1_files, video, vectors_v1):
     case = vectors_v1["sampt_wrapper"]
-    tracker = TRACKERS.build("cotracker", checkpoint="cotracker_stride_4_wind_8", checkpoint_path=v1_files["bare"])
+    tracker = build_tracker("CoTrackerTracker", checkpoint="cotracker_stride_4_wind_8", checkpoint_path=v1_files["bare"])
     details: dict = {}
     traj, visible = tracker(video, case["inputs"]["queries"], details=details)
     assert traj.dtype == torch.float32
@@ -353,7 +353,7 @@ def test_v3_tracker_matches_reference_backward_tracking(v3_file, video, vectors_
     # reference backward-tracking calls; it differs only at the query frames, which the
     # predictor overwrites with the query itself.
     case = vectors_v3["v3_predictor_forward_backward_tracking"]
-    tracker = TRACKERS.build("cotracker3", checkpoint_path=v3_file, support_grid_size=6,
+    tracker = build_tracker("CoTracker3Tracker", checkpoint_path=v3_file, support_grid_size=6,
                              support_grid_every_n_frames=100, visibility_threshold=0.9)
     queries = case["inputs"]["queries"]
     traj, visible = tracker(video, queries)

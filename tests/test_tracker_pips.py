@@ -21,7 +21,7 @@ import yaml
 from conftest import REPO, VECTORS
 from sampt.checkpoints import CHECKPOINTS
 from sampt.errors import CheckpointError
-from sampt.trackers.base import TRACKERS
+from sampt.trackers.base import build_tracker
 from sampt.trackers.pips import (
     Pips,
     PipsTracker,
@@ -334,7 +334,7 @@ def test_bad_inputs_and_options(tracker, clip):
 def test_registry_config_and_checkpoint_entry():
     config = yaml.safe_load((REPO / "configs/tracker/pips.yaml").read_text())["model"]["method"]["init_args"]["tracker"]
     assert config["class_path"] == "sampt.trackers.pips.PipsTracker"
-    tracker = TRACKERS.build("pips", **config["init_args"])
+    tracker = build_tracker("PipsTracker", **config["init_args"])
     assert isinstance(tracker, PipsTracker) and tracker.weights_path is None  # nothing loaded yet
     assert tracker.link_threshold == 0.9 and tracker.link_threshold_step == 0.02
     assert tracker.model.window_len == 8 and tracker.model.stride == 4 and tracker.iters == 6

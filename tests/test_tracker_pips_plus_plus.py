@@ -22,7 +22,7 @@ import yaml
 from conftest import REPO, VECTORS
 from sampt.checkpoints import CHECKPOINTS
 from sampt.errors import CheckpointError
-from sampt.trackers.base import TRACKERS
+from sampt.trackers.base import build_tracker
 from sampt.trackers.pips_plus_plus import PipsPlusPlus, PipsPlusPlusTracker, pips_plus_plus_track_direction
 
 REF = VECTORS / "pips_plus_plus"
@@ -262,7 +262,7 @@ def test_bad_inputs_and_options(tracker, clip):
 def test_registry_config_and_checkpoint_entry():
     config = yaml.safe_load((REPO / "configs/tracker/pips_plus_plus.yaml").read_text())["model"]["method"]["init_args"]["tracker"]
     assert config["class_path"] == "sampt.trackers.pips_plus_plus.PipsPlusPlusTracker"
-    tracker = TRACKERS.build("pips_plus_plus", **config["init_args"])
+    tracker = build_tracker("PipsPlusPlusTracker", **config["init_args"])
     assert isinstance(tracker, PipsPlusPlusTracker) and tracker.weights_path is None
     assert (tracker.max_sequence_length, tracker.iters, tracker.image_size, tracker.model.stride) == (128, 16, None, 8)
     entry = CHECKPOINTS[config["init_args"]["checkpoint"]]

@@ -17,7 +17,7 @@ import torch
 from conftest import REPO, VECTORS
 from sampt.checkpoints import CHECKPOINTS
 from sampt.errors import CheckpointError
-from sampt.trackers.base import TRACKERS
+from sampt.trackers.base import build_tracker
 from sampt.trackers.superglue import SuperGlueTracker, convex_hull_mask, rgb_to_gray_uint8, resized_size
 
 REF = VECTORS / "superglue"
@@ -71,7 +71,7 @@ def video():
 
 @pytest.fixture(scope="module")
 def tracker(weights):
-    tracker = TRACKERS.build("superglue", superpoint_checkpoint_path=weights["superpoint"],
+    tracker = build_tracker("SuperGlueTracker", superpoint_checkpoint_path=weights["superpoint"],
                              superglue_checkpoint_path=weights["superglue"])
     tracker.prepare()
     return tracker

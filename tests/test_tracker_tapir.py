@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO, VECTORS
 from sampt.errors import CheckpointError
-from sampt.trackers.base import TRACKERS
+from sampt.trackers.base import tracker_classes
 from sampt.trackers.tapir import (
     TapirTracker,
     _haiku_module_to_torch,
@@ -127,7 +127,7 @@ def _run(tracker, clip):
 
 @pytest.fixture(scope="module")
 def tapir_npy_tracker(tapir_files):
-    tracker = TRACKERS.build("tapir", checkpoint_path=str(tapir_files["npy"]))
+    tracker = TapirTracker(variant="tapir", checkpoint_path=str(tapir_files["npy"]))
     tracker.prepare()
     return tracker
 
@@ -140,8 +140,8 @@ def tapir_run(tapir_npy_tracker, clip):
 @pytest.fixture(scope="module")
 def boots_runs(boots_file, clip):
     """BootsTAPIR with the defaults (temperature 10, threshold 0.5) and as the torch demo (20)."""
-    default = TRACKERS.build("bootstapir", checkpoint_path=str(boots_file))
-    demo = TRACKERS.build("bootstapir", checkpoint_path=str(boots_file), softmax_temperature=20.0)
+    default = TapirTracker(variant="bootstapir", checkpoint_path=str(boots_file))
+    demo = TapirTracker(variant="bootstapir", checkpoint_path=str(boots_file), softmax_temperature=20.0)
     return {10: _run(default, clip), 20: _run(demo, clip), "tracker": default}
 
 
@@ -311,13 +311,13 @@ def test_batches_chunks_and_degenerate_inputs(tapir_files, clip):
 
 
 def test_registry_configs_and_bad_arguments(tapir_files, boots_file):
-    assert "tapir" in TRACKERS and "bootstapir" in TRACKERS
+    assert tracker_classes()["TapirTracker"] is TapirTracker
     for name, weights in (("tapir", tapir_files["npy"]), ("bootstapir", boots_file)):
         settings = yaml.safe_load((REPO / "configs" / "tracker" / f"{name}.yaml").read_text())["model"]["method"]["init_args"]["tracker"]
         assert settings["class_path"] == "sampt.trackers.tapir.TapirTracker"
         tracker = TapirTracker(**{**settings["init_args"], "checkpoint_path": str(weights)})
         assert tracker.variant == name
-        expected = TRACKERS.build(name)
+        expected = TapirTracker(variant=name)
         assert tracker.visibility_threshold == expected.visibility_threshold
         assert tracker.model.softmax_temperature == expected.model.softmax_temperature
         assert tracker.checkpoint == expected.checkpoint

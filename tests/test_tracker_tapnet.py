@@ -19,7 +19,7 @@ from conftest import REPO, VECTORS
 from sampt.checkpoints import get_checkpoint
 from sampt.cli import main as sampt_main
 from sampt.errors import CheckpointError
-from sampt.trackers import TRACKERS
+from sampt.trackers import tracker_classes
 from sampt.trackers.tapnet import TapNetTracker, read_haiku_checkpoint, temporal_shift
 
 FOLDER = VECTORS / "tapnet"
@@ -206,7 +206,7 @@ def test_reading_a_checkpoint_runs_no_code_it_names(tree, tmp_path):
 
 
 def test_registry_entries_and_registration():
-    assert TRACKERS.get("tapnet") is TapNetTracker
+    assert tracker_classes()["TapNetTracker"] is TapNetTracker
     sampt_pt = get_checkpoint("tapnet")
     assert sampt_pt.filename == "checkpoint_wo_optstate.npy" and sampt_pt.component == "tracker"
     assert get_checkpoint("tapnet_deepmind").url == "https://storage.googleapis.com/dm-tapnet/checkpoint.npy"

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sampt.errors import CheckpointError
-from sampt.trackers.base import TRACKERS, PointTracker, build_tracker
+from sampt.trackers.base import PointTracker, build_tracker, tracker_classes
 from sampt.trackers.lk import LucasKanadeTracker, points_inside_frame
 from sampt.trackers.raft import RaftTracker, _flow_size
 from sampt.trackers.trivial import ReplayTracker, StaticTracker
@@ -153,12 +153,13 @@ TRACKER_FACTORIES = {
 }
 
 
-def test_registry_names_every_tracker():
-    for name in ("static", "replay", "lk", "raft"):
-        assert name in TRACKERS
-    assert isinstance(build_tracker("lk", fb_threshold=0.5), LucasKanadeTracker)
-    with pytest.raises(ValueError, match="lk"):
-        build_tracker("no-such-tracker")
+def test_trackers_are_named_by_their_class():
+    classes = tracker_classes()
+    for cls in (StaticTracker, LucasKanadeTracker, RaftTracker):
+        assert classes[cls.__name__] is cls
+    assert isinstance(build_tracker("LucasKanadeTracker", fb_threshold=0.5), LucasKanadeTracker)
+    with pytest.raises(ValueError, match="unknown point tracker 'lk'; valid names: .*LucasKanadeTracker"):
+        build_tracker("lk")
 
 
 @pytest.mark.parametrize("name", sorted(TRACKER_FACTORIES))
@@ -547,7 +548,7 @@ def test_benchmark_script_runs_and_reports_every_tracker(capsys):
     # Every registered tracker has a benchmark setting.
     import sampt.trackers
 
-    assert {entry[0] for entry in bench.TRACKER_SETTINGS.values()} == set(sampt.trackers.TRACKERS.names()) - {"replay"}
+    assert {entry[0] for entry in bench.TRACKER_SETTINGS.values()} == set(sampt.trackers.tracker_classes()) - {"ReplayTracker"}
     assert "torch " + torch.__version__ in report
     with pytest.raises(SystemExit):
         bench.main(argv + ["--query-frame", "3"])

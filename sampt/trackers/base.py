@@ -21,9 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from sampt.registry import Registry
-
-TRACKERS: Registry["PointTracker"] = Registry("point tracker")
 
 
 def _recording_init_options(init):
@@ -113,7 +110,25 @@ class PointTracker(nn.Module, ABC):
             raise ValueError(f"query frame indices must be integers in [0, {video.shape[1] - 1}]")
 
 
+def tracker_classes() -> dict[str, type[PointTracker]]:
+    """Every point tracker class by its name, the one way trackers are named: configs give it as
+    ``class_path`` (the short name or the full import path), scripts to :func:`build_tracker`."""
+    import sampt.trackers  # noqa: F401  (imports every built-in tracker)
+
+    found: dict[str, type[PointTracker]] = {}
+    pending = list(PointTracker.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if not inspect.isabstract(cls) and cls.__module__.startswith("sampt."):
+            found[cls.__name__] = cls
+    return dict(sorted(found.items()))
+
+
 def build_tracker(name: str, **kwargs) -> PointTracker:
-    """Build a registered tracker by name (``TRACKERS.names()`` lists them; the package
-    ``sampt.trackers``, imported before this module, registers the built-in ones)."""
-    return TRACKERS.build(name, **kwargs)
+    """The tracker class ``name`` (e.g. ``"CoTrackerTracker"``) built with ``kwargs``; a
+    ``ValueError`` lists the valid names when it is unknown."""
+    classes = tracker_classes()
+    if name not in classes:
+        raise ValueError(f"unknown point tracker {name!r}; valid names: {', '.join(classes)}")
+    return classes[name](**kwargs)

@@ -9,8 +9,7 @@ exactly ``(0, 0)``). Three layers:
 * :class:`CoTrackerV1` - the network. ``forward(rgbs, queries)`` works in model pixels.
 * :func:`cotracker_v1_predict` - the original ``CoTrackerPredictor`` logic (6x6 support grid,
   threshold 0.9, query-frame overwrite, optional zero-test backward pass).
-* :class:`CoTrackerTracker` - SAM-PT's CoTracker wrapper behind :class:`PointTracker`,
-  registered as ``"cotracker"``.
+* :class:`CoTrackerTracker` - SAM-PT's CoTracker wrapper behind :class:`PointTracker`.
 
 Memory is linear in the number of frames T: the network slides a window of ``window_len`` frames
 with step ``window_len // 2`` and keeps only that window's feature maps; the outputs are
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 
 # Registry names of the v1 checkpoints -> (stride, window_len) the network is built with.
 V1_CHECKPOINTS: dict[str, tuple[int, int]] = {
@@ -598,7 +597,7 @@ def _merge_backward_zero_rule(tracks, probs, bwd_tracks, bwd_probs):
 
 
 class CoTrackerTracker(PointTracker):
-    """SAM-PT's CoTracker v1 point tracker (registered as ``"cotracker"``).
+    """SAM-PT's CoTracker v1 point tracker.
 
     Frames are resized to ``interp_shape`` (bilinear, align_corners=False) and query coordinates
     scaled; a ``support_grid_size``^2 grid of extra points is queried every
@@ -709,7 +708,3 @@ class CoTrackerTracker(PointTracker):
         traj[:, :, :, 1] *= height / float(ih)
         return traj, merged_vis[:, :, :n] > self.visibility_threshold
 
-
-@TRACKERS.register("cotracker")
-def _build_cotracker_tracker(**kwargs) -> CoTrackerTracker:
-    return CoTrackerTracker(**kwargs)

@@ -6,8 +6,7 @@ operations. Three layers, as for v1 (:mod:`sampt.trackers.cotracker`):
 
 * :class:`CoTrackerThreeOffline` - the network, in model pixels.
 * :func:`cotracker3_predict` - the original ``CoTrackerPredictor(offline=True)`` logic.
-* :class:`CoTracker3Tracker` - a SAM-PT style wrapper behind :class:`PointTracker`, registered as
-  ``"cotracker3"``.
+* :class:`CoTracker3Tracker` - a SAM-PT style wrapper behind :class:`PointTracker`.
 
 Memory: unlike v1, the offline model processes the whole clip at once. Its time embedding is
 learnt for a window of 60 frames and linearly resampled to the clip length, so every track
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 from sampt.trackers.cotracker import (
     LATENT_DIM,
     AttnBlock,
@@ -369,7 +368,7 @@ def cotracker3_predict(model: CoTrackerThreeOffline, video: torch.Tensor, querie
 
 
 class CoTracker3Tracker(PointTracker):
-    """CoTracker3 offline as a SAM-PT point tracker (registered as ``"cotracker3"``).
+    """CoTracker3 offline as a SAM-PT point tracker.
 
     Like SAM-PT's v1 wrapper - resize to ``interp_shape``, a ``support_grid_size``^2 support
     grid every ``support_grid_every_n_frames`` frames, a backward pass on the reversed video -
@@ -453,7 +452,3 @@ class CoTracker3Tracker(PointTracker):
         tracks = _unscale_tracks(tracks[:, :, :n], height, width, self.interp_shape)
         return tracks.to(input_device), (vis[:, :, :n] > self.visibility_threshold).to(input_device)
 
-
-@TRACKERS.register("cotracker3")
-def _build_cotracker3_tracker(**kwargs) -> CoTracker3Tracker:
-    return CoTracker3Tracker(**kwargs)

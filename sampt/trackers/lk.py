@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 
 
 def points_inside_frame(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -67,7 +67,6 @@ class _GreyFrames:
         return self._cache[index]
 
 
-@TRACKERS.register("lk")
 class LucasKanadeTracker(PointTracker):
     """Pyramidal Lucas-Kanade point tracker with a forward-backward consistency check.
 

@@ -10,8 +10,7 @@ operations, including its quirks (the time channel of the flow embedding is
 * :func:`pips_track_direction` - SAM-PT's one-direction loop with trajectory linking: each point
   jumps to the latest frame of its window whose visibility exceeds a threshold (0.9, lowered by
   0.02 until some frame qualifies) and restarts a window there.
-* :class:`PipsTracker` - SAM-PT's PIPs wrapper behind :class:`PointTracker`, registered as
-  ``"pips"``: the loop runs left to right and on the reversed video, and the two are merged at
+* :class:`PipsTracker` - SAM-PT's PIPs wrapper behind :class:`PointTracker`: the loop runs left to right and on the reversed video, and the two are merged at
   each point's query frame.
 
 Checkpoint files: the official release is ``reference_model.tar.gz`` holding
@@ -39,7 +38,7 @@ from torch import nn
 
 from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
 from sampt.errors import CheckpointError
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 from sampt.trackers.cotracker import FeatureEncoder
 
 LATENT_DIM = 128
@@ -501,7 +500,7 @@ class WindowFeatures:
 
 
 class PipsTracker(PointTracker):
-    """SAM-PT's PIPs point tracker (registered as ``"pips"``).
+    """SAM-PT's PIPs point tracker.
 
     Behaviour of SAM-PT's ``PipsPointTracker`` (``configs/model/point_tracker/pips.yaml``):
     frames are used at the input resolution (no resize) and normalised to [-1, 1]; queries are
@@ -608,7 +607,3 @@ class PipsTracker(PointTracker):
                            forward_probabilities=fwd_prob, backward_probabilities=bwd_prob)
         return traj, visible
 
-
-@TRACKERS.register("pips")
-def _build_pips_tracker(**kwargs) -> PipsTracker:
-    return PipsTracker(**kwargs)

@@ -9,8 +9,7 @@ Three layers:
   features 2 and 4 frames earlier.
 * :func:`pips_plus_plus_track_direction` - SAM-PT's one-direction loop: windows of at most
   ``max_sequence_length`` frames, each starting at the previous one's last frame.
-* :class:`PipsPlusPlusTracker` - SAM-PT's PIPs++ wrapper behind :class:`PointTracker`,
-  registered as ``"pips_plus_plus"``.
+* :class:`PipsPlusPlusTracker` - SAM-PT's PIPs++ wrapper behind :class:`PointTracker`.
 
 SAM-PT's wrapper only runs when all queries share one query frame (see
 :class:`PipsPlusPlusTracker` for what is kept and what is fixed). Checkpoint files are read
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sampt.checkpoints import load_state_dict_file
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 from sampt.trackers.cotracker import FeatureEncoder
 from sampt.trackers.pips import (
     CORR_LEVELS,
@@ -264,7 +263,7 @@ def pips_plus_plus_track_direction(model: PipsPlusPlus, features: Callable[[Sequ
 
 
 class PipsPlusPlusTracker(PointTracker):
-    """SAM-PT's PIPs++ point tracker (registered as ``"pips_plus_plus"``).
+    """SAM-PT's PIPs++ point tracker.
 
     Behaviour of SAM-PT's ``PipsPlusPlusPointTracker`` with its config
     (``configs/model/point_tracker/pips_plus_plus.yaml``): no resize by default, frames
@@ -397,7 +396,3 @@ class PipsPlusPlusTracker(PointTracker):
             out[..., 1] *= height / self.image_size[0]
         return out
 
-
-@TRACKERS.register("pips_plus_plus")
-def _build_pips_plus_plus_tracker(**kwargs) -> PipsPlusPlusTracker:
-    return PipsPlusPlusTracker(**kwargs)

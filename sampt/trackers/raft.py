@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torchvision.models import optical_flow
 
 from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 from sampt.trackers.lk import points_inside_frame
 
 _ARCHITECTURES = {
@@ -46,7 +46,6 @@ def _flow_size(size: int, downscale: float) -> int:
     return max(_MIN_SIDE, 8 * int(round(size / downscale / 8)))
 
 
-@TRACKERS.register("raft")
 class RaftTracker(PointTracker):
     """Chains torchvision RAFT flow at the points' positions (see the module docstring).
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 
 # SuperPoint's detector head predicts one of 64 positions in each 8 x 8 cell, or "no keypoint".
 _CELL = 8
@@ -436,7 +436,6 @@ _REFERENCE_FRAMES = ("first", "query")
 _FALLBACK_MASKS = ("convex_hull", "none")
 
 
-@TRACKERS.register("superglue")
 class SuperGlueTracker(PointTracker):
     """SAM-PT's SuperGlue point tracker (see the module docstring).
 

@@ -22,8 +22,7 @@ its ``.pt`` files load unchanged. Three layers:
   original returns (``tracks``, ``occlusion``, ``expected_dist`` and the ``unrefined_*`` lists).
 * :func:`tapir_predict` - SAM-PT's TAPIR wrapper (``TapirPointTracker.forward``): resize the
   frames, scale the queries, call the network, map the tracks back and threshold the visibility.
-* :class:`TapirTracker` - that wrapper behind :class:`PointTracker`, registered as ``"tapir"``
-  and ``"bootstapir"``.
+* :class:`TapirTracker` - that wrapper behind :class:`PointTracker` (``variant`` picks TAPIR or BootsTAPIR).
 
 Behaviour reproduced from the originals (each checked against reference outputs of the original
 code, see ``tests/test_tracker_tapir.py``):
@@ -65,7 +64,7 @@ from torch import nn
 
 from sampt.checkpoints import load_state_dict_file, read_state_dict_file, resolve_checkpoint
 from sampt.errors import CheckpointError
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 
 HIRES_DIM = 128
 LOWRES_DIM = 256
@@ -691,8 +690,8 @@ def tapir_predict(model: TAPIR, video: torch.Tensor, queries: torch.Tensor, visi
 
 
 class TapirTracker(PointTracker):
-    """TAPIR or BootsTAPIR behind SAM-PT's TAPIR wrapper (registered as ``"tapir"`` and
-    ``"bootstapir"``; see the module docstring for the behaviour).
+    """TAPIR or BootsTAPIR behind SAM-PT's TAPIR wrapper (``variant: tapir`` or
+    ``bootstapir``; see the module docstring for the behaviour).
 
     Args:
         variant: ``"tapir"`` or ``"bootstapir"`` (:data:`VARIANTS`): the architecture and the
@@ -773,11 +772,3 @@ class TapirTracker(PointTracker):
         return traj.to(video.device), visible.to(video.device)
 
 
-@TRACKERS.register("tapir")
-def _build_tapir_tracker(**kwargs) -> TapirTracker:
-    return TapirTracker(variant="tapir", **kwargs)
-
-
-@TRACKERS.register("bootstapir")
-def _build_bootstapir_tracker(**kwargs) -> TapirTracker:
-    return TapirTracker(variant="bootstapir", **kwargs)

@@ -11,8 +11,7 @@ that the official Haiku checkpoint (``checkpoint_wo_optstate.npy``, or DeepMind'
 * :func:`read_haiku_checkpoint` and :func:`haiku_to_torch` - the reader of the official
   ``.npy`` Haiku tree (numpy only; no JAX) and the converter of its names and layouts onto
   :class:`TapNet`, both handed to the shared loader.
-* :class:`TapNetTracker` - SAM-PT's ``TapnetPointTracker`` behind :class:`PointTracker`,
-  registered as ``"tapnet"``.
+* :class:`TapNetTracker` - SAM-PT's ``TapnetPointTracker`` behind :class:`PointTracker`.
 
 What the network does (and what an equal implementation must keep):
 
@@ -52,7 +51,7 @@ from torch import nn
 
 from sampt.checkpoints import PathLike, load_state_dict_file, resolve_checkpoint
 from sampt.errors import CheckpointError
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 
 # (output channels, stride, temporal-shift fraction) of the three units TapNet uses.
 UNITS: tuple[tuple[int, int, float], ...] = ((64, 1, 0.125), (128, 2, 0.125), (256, 1, 0.0))
@@ -491,9 +490,8 @@ def load_tapnet_weights(model: TapNet, path: PathLike, what: str = "TapNet") -> 
 # --------------------------------------------------------------------------------------------
 # the SAM-PT wrapper
 # --------------------------------------------------------------------------------------------
-@TRACKERS.register("tapnet")
 class TapNetTracker(PointTracker):
-    """SAM-PT's TapNet point tracker (``TapnetPointTracker``), registered as ``"tapnet"``.
+    """SAM-PT's TapNet point tracker (``TapnetPointTracker``).
 
     The defaults reproduce SAM-PT's wrapper exactly:
 

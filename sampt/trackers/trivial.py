@@ -13,12 +13,11 @@ from typing import Union
 import numpy as np
 import torch
 
-from sampt.trackers.base import TRACKERS, PointTracker
+from sampt.trackers.base import PointTracker
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
 
-@TRACKERS.register("static")
 class StaticTracker(PointTracker):
     """Points never move: each stays at its query ``(x, y)`` and is visible on every frame."""
 
@@ -33,7 +32,6 @@ class StaticTracker(PointTracker):
         return trajectories, visibilities
 
 
-@TRACKERS.register("replay")
 class ReplayTracker(PointTracker):
     """Returns fixed, precomputed tracks: lets pipeline tests control exactly what SAM is prompted with.
 
