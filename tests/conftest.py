@@ -45,3 +45,36 @@ def davis2016_sample(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("davis2016")
     convert_davis_sample(DAVIS_SAMPLE, root, layout="2016", max_frames=5)
     return root
+
+
+def run_sam_pt_with_tracker(davis_root: Path, out: Path, tracker_config: str, tracker_class: str,
+                            *overrides: str, longest_size: int = 128) -> Path:
+    """`sampt test` on one video of a D17 tree with the tiny SAM and ``configs/tracker/<tracker_config>``,
+    then the checks every tracker's end-to-end run shares: J and F in [0, 1] in both official
+    tables, one palette PNG per frame at the frame size, and ``tracker_class`` in the saved config.
+    Run from the repository root (configs use paths relative to it)."""
+    from PIL import Image
+
+    from sampt.cli import main as sampt_main
+
+    sampt_main(["test", "--config", "configs/d17.yaml", "--config", "configs/test/tiny_sam.yaml",
+                "--config", "configs/test/tiny.yaml", "--config", f"configs/tracker/{tracker_config}",
+                *overrides,
+                "--data.init_args.root", str(davis_root), "--data.init_args.longest_size", str(longest_size),
+                "--data.init_args.max_videos", "1",
+                "--model.init_args.output_dir", str(out / "predictions"),
+                "--trainer.logger.init_args.save_dir", str(out)])
+    global_header, global_values = (out / "global_results-val.csv").read_text().strip().splitlines()
+    assert global_header.split(",")[0] == "J&F-Mean" and 0.0 <= float(global_values.split(",")[0]) <= 1.0
+    header, *rows = (out / "per-sequence_results-val.csv").read_text().strip().splitlines()
+    assert header.split(",") == ["Sequence", "J-Mean", "F-Mean"] and len(rows) >= 1
+    for row in rows:
+        assert all(0.0 <= float(v) <= 1.0 for v in row.split(",")[1:])
+    sequence = rows[0].split(",")[0].rsplit("_", 1)[0]
+    frames = sorted((davis_root / "JPEGImages" / "480p" / sequence).glob("*.jpg"))
+    pngs = sorted((out / "predictions" / sequence).glob("*.png"))
+    assert len(frames) == 5 and [p.stem for p in pngs] == [f.stem for f in frames]
+    first = Image.open(pngs[0])
+    assert first.mode == "P" and first.size == Image.open(frames[0]).size
+    assert tracker_class in (out / "config.yaml").read_text()
+    return out

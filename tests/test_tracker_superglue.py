@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, VECTORS
+from conftest import REPO, VECTORS, run_sam_pt_with_tracker
 from sampt.checkpoints import CHECKPOINTS
 from sampt.errors import CheckpointError
 from sampt.trackers.base import build_tracker
@@ -346,26 +346,10 @@ def test_bad_arguments_and_inputs(tracker, vectors, video):
 
 # ----------------------------------------------------------------------------- end to end
 def test_sampt_vos_run_with_the_superglue_tracker(davis2017_sample, weights, tmp_path, monkeypatch):
-    from PIL import Image
-    from test_cli_vos import read_csv, run_test
-
     monkeypatch.chdir(REPO)  # the configs use paths relative to the repository root
-    run_test("configs/d17.yaml", davis2017_sample, tmp_path,
-             "--config", "configs/tracker/superglue.yaml",
-             "--model.init_args.method.init_args.tracker.init_args.superpoint_checkpoint_path", weights["superpoint"],
-             "--model.init_args.method.init_args.tracker.init_args.superglue_checkpoint_path", weights["superglue"],
-             # configs/test/tiny.yaml prompts with 4 positive + 1 negative points per mask
-             "--model.init_args.method.init_args.tracker.init_args.positive_points_per_mask", "4",
-             "--data.init_args.max_videos", "1")
-    header, per_sequence = read_csv(tmp_path / "per-sequence_results-val.csv")
-    assert header == ["Sequence", "J-Mean", "F-Mean"] and len(per_sequence) == 1
-    sequence = per_sequence[0][0].rsplit("_", 1)[0]
-    j_mean, f_mean = float(per_sequence[0][1]), float(per_sequence[0][2])
-    assert 0.0 <= (j_mean + f_mean) / 2 <= 1.0 and 0.0 <= j_mean <= 1.0 and 0.0 <= f_mean <= 1.0
-    global_header, global_rows = read_csv(tmp_path / "global_results-val.csv")
-    assert global_header[0] == "J&F-Mean" and 0.0 <= float(global_rows[0][0]) <= 1.0
-    frames = sorted((davis2017_sample / "JPEGImages" / "480p" / sequence).glob("*.jpg"))
-    pngs = sorted((tmp_path / "predictions" / sequence).glob("*.png"))
-    assert frames and [p.stem for p in pngs] == [f.stem for f in frames]
-    assert Image.open(pngs[0]).size == Image.open(frames[0]).size
-    assert "SuperGlueTracker" in (tmp_path / "config.yaml").read_text()
+    prefix = "--model.init_args.method.init_args.tracker.init_args."
+    run_sam_pt_with_tracker(davis2017_sample, tmp_path / "run", "superglue.yaml", "SuperGlueTracker",
+                            prefix + "superpoint_checkpoint_path", str(weights["superpoint"]),
+                            prefix + "superglue_checkpoint_path", str(weights["superglue"]),
+                            # configs/test/tiny.yaml prompts with 4 positive + 1 negative points per mask
+                            prefix + "positive_points_per_mask", "4")

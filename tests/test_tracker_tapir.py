@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, VECTORS
+from conftest import REPO, VECTORS, run_sam_pt_with_tracker
 from sampt.errors import CheckpointError
 from sampt.trackers.base import tracker_classes
 from sampt.trackers.tapir import (
@@ -366,23 +366,7 @@ def test_checkpoint_errors_name_the_file(tapir_files, boots_file):
 
 # ------------------------------------------------------------------------------------ end to end
 def test_sampt_cli_run_with_tapir(davis2017_sample, tapir_files, tmp_path, monkeypatch):
-    from sampt.cli import main as sampt_main
-
     monkeypatch.chdir(REPO)
-    out = tmp_path / "run"
-    sampt_main(["test", "--config", "configs/d17.yaml", "--config", "configs/test/tiny_sam.yaml",
-                "--config", "configs/test/tiny.yaml", "--config", "configs/tracker/tapir.yaml",
-                "--model.init_args.method.init_args.tracker.init_args.checkpoint_path", str(tapir_files["npy"]),
-                "--data.init_args.root", str(davis2017_sample), "--data.init_args.longest_size", "128",
-                "--data.init_args.max_videos", "1",
-                "--model.init_args.output_dir", str(out / "predictions"),
-                "--trainer.logger.init_args.save_dir", str(out)])
-    header, *rows = (out / "per-sequence_results-val.csv").read_text().strip().splitlines()
-    assert header.split(",")[0] == "Sequence" and len(rows) >= 1
-    for row in rows:
-        j_and_f = [float(v) for v in row.split(",")[1:]]
-        assert all(0.0 <= v <= 1.0 for v in j_and_f)
-    sequence = rows[0].split(",")[0].rsplit("_", 1)[0]
-    pngs = sorted((out / "predictions" / sequence).glob("*.png"))
-    assert [p.stem for p in pngs] == [f"{i:05d}" for i in range(5)]
-    assert "TapirTracker" in (out / "config.yaml").read_text()
+    run_sam_pt_with_tracker(davis2017_sample, tmp_path / "run", "tapir.yaml", "TapirTracker",
+                            "--model.init_args.method.init_args.tracker.init_args.checkpoint_path",
+                            str(tapir_files["npy"]))

@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import REPO, VECTORS
+from conftest import REPO, VECTORS, run_sam_pt_with_tracker
 from sampt.checkpoints import get_checkpoint
-from sampt.cli import main as sampt_main
 from sampt.errors import CheckpointError
 from sampt.trackers import tracker_classes
 from sampt.trackers.tapnet import TapNetTracker, read_haiku_checkpoint, temporal_shift
@@ -290,33 +288,8 @@ def test_other_input_sizes_and_no_queries(checkpoint_file, clip):
 # ---------------------------------------------------------------------------------------------
 # SAM-PT end to end
 # ---------------------------------------------------------------------------------------------
-def _read_csv(path):
-    header, *rows = Path(path).read_text().strip().splitlines()
-    return header.split(","), [row.split(",") for row in rows]
-
-
 def test_sampt_runs_with_tapnet_from_its_config(davis2017_sample, checkpoint_file, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # config files use paths relative to the repository root
-    out = tmp_path / "run"
-    sampt_main(["test", "--config", "configs/d17.yaml",
-                "--config", "configs/test/tiny_sam.yaml", "--config", "configs/test/tiny.yaml",
-                "--config", "configs/tracker/tapnet.yaml",
-                "--model.init_args.method.init_args.tracker.init_args.checkpoint_path", str(checkpoint_file),
-                "--data.init_args.root", str(davis2017_sample), "--data.init_args.longest_size", "128",
-                "--data.init_args.max_videos", "1",
-                "--model.init_args.output_dir", str(out / "predictions"),
-                "--trainer.logger.init_args.save_dir", str(out)])
-    header, rows = _read_csv(out / "global_results-val.csv")
-    assert header[0] == "J&F-Mean" and 0.0 <= float(rows[0][0]) <= 1.0
-    header, rows = _read_csv(out / "per-sequence_results-val.csv")
-    assert header[:3] == ["Sequence", "J-Mean", "F-Mean"] and len(rows) >= 1
-    for row in rows:
-        j, f = float(row[1]), float(row[2])
-        assert 0.0 <= j <= 1.0 and 0.0 <= f <= 1.0
-    sequences = {row[0].rsplit("_", 1)[0] for row in rows}
-    for sequence in sequences:
-        frames = sorted(p.stem for p in (davis2017_sample / "JPEGImages" / "480p" / sequence).glob("*.jpg"))
-        pngs = sorted(p.stem for p in (out / "predictions" / sequence).glob("*.png"))
-        assert pngs == frames and len(pngs) == 5
-        assert Image.open(out / "predictions" / sequence / f"{pngs[0]}.png").mode == "P"
-    assert "TapNetTracker" in (out / "config.yaml").read_text()
+    run_sam_pt_with_tracker(davis2017_sample, tmp_path / "run", "tapnet.yaml", "TapNetTracker",
+                            "--model.init_args.method.init_args.tracker.init_args.checkpoint_path",
+                            str(checkpoint_file))
