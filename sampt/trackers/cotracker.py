@@ -203,7 +203,7 @@ def _flow_embedding(flows: torch.Tensor, channels: int = 64) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def _bilinear_weights(x: torch.Tensor, y: torch.Tensor, height: int, width: int):
+def bilinear_corners_and_weights(x: torch.Tensor, y: torch.Tensor, height: int, width: int):
     """Corner indices (clamped to the map) and weights for bilinear sampling at ``(x, y)``.
 
     Indices are clamped but weights use the unclamped corners, so outside points take the border
@@ -230,7 +230,7 @@ def _bilinear_weights(x: torch.Tensor, y: torch.Tensor, height: int, width: int)
 def _sample_point_features(fmaps: torch.Tensor, frames: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     """Bilinearly sample frame ``frames[n]`` of ``fmaps (F, C, h, w)`` at ``xy[n]`` -> ``(N, C)``."""
     _, _, height, width = fmaps.shape
-    corners, weights = _bilinear_weights(xy[:, 0], xy[:, 1], height, width)
+    corners, weights = bilinear_corners_and_weights(xy[:, 0], xy[:, 1], height, width)
     out = None
     for (iy, ix), w in zip(corners, weights):
         term = w[:, None] * fmaps[frames, :, iy, ix]
@@ -244,7 +244,7 @@ def _sample_pos_embedding(xy: torch.Tensor, height: int, width: int, dim: int) -
     The first ``dim/2`` channels encode x and the rest y. Only the four corner entries of each
     point are evaluated, instead of building the ``(height, width, dim)`` table.
     """
-    corners, weights = _bilinear_weights(xy[:, 0], xy[:, 1], height, width)
+    corners, weights = bilinear_corners_and_weights(xy[:, 0], xy[:, 1], height, width)
     out = None
     for (iy, ix), w in zip(corners, weights):
         table_entry = torch.cat([sincos_1d(ix, dim // 2), sincos_1d(iy, dim // 2)], dim=1)

@@ -39,7 +39,7 @@ from torch import nn
 from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
 from sampt.errors import CheckpointError
 from sampt.trackers.base import PointTracker
-from sampt.trackers.cotracker import FeatureEncoder
+from sampt.trackers.cotracker import FeatureEncoder, bilinear_corners_and_weights
 
 LATENT_DIM = 128
 CORR_LEVELS = 4
@@ -131,25 +131,12 @@ def bilinear_sample_clamped(fmaps: torch.Tensor, xy: torch.Tensor) -> torch.Tens
     frames, channels, height, width = fmaps.shape
     x = xy[..., 0].float()
     y = xy[..., 1].float()
-    x0 = torch.floor(x)
-    y0 = torch.floor(y)
-    x1 = x0 + 1
-    y1 = y0 + 1
-    ix0 = x0.long().clamp(0, width - 1)
-    ix1 = x1.long().clamp(0, width - 1)
-    iy0 = y0.long().clamp(0, height - 1)
-    iy1 = y1.long().clamp(0, height - 1)
+    corners, weights = bilinear_corners_and_weights(x, y, height, width)
     flat = fmaps.permute(0, 2, 3, 1).reshape(frames * height * width, channels)
     base = (torch.arange(frames, device=fmaps.device) * (height * width))[:, None]
-
-    def at(iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
-        return flat[base + iy * width + ix]
-
-    # Same terms, in the same order, as the original's weighted sum.
-    return (((x1 - x) * (y1 - y))[..., None] * at(iy0, ix0)
-            + ((x - x0) * (y1 - y))[..., None] * at(iy0, ix1)
-            + ((x1 - x) * (y - y0))[..., None] * at(iy1, ix0)
-            + ((x - x0) * (y - y0))[..., None] * at(iy1, ix1))
+    # Same terms, summed in the same order, as the original's weighted sum.
+    terms = [weight[..., None] * flat[base + iy * width + ix] for (iy, ix), weight in zip(corners, weights)]
+    return terms[0] + terms[1] + terms[2] + terms[3]
 
 
 def grid_sample_pixels(img: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
