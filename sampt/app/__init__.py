@@ -1,0 +1,1 @@
+"""`sampt app`: a local web page over the interaction engine."""
