@@ -173,6 +173,10 @@ class VosModule(VideoModule):
                             video.palette or davis_palette(), video.save_frames, determined_by=determined_by)
         self._resume_counts["computed"] += 1
         self._save_tracks(video, result.trajectories, result.visibilities, result.reasons, object_ids)
+        if result.extras:
+            for path in self.method.write_extras(video, result, self.output_dir.parent, self._experiment(),
+                                                 self.global_step):
+                log.info("%s: wrote %s", video.name, path)
         return index_masks, result
 
     def _visualize(self, video: VideoItem, index_masks: torch.Tensor, result: Optional[MethodResult]) -> None:

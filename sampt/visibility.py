@@ -23,6 +23,8 @@ class VisibilityReason(enum.IntEnum):
     PATCH_REJECTED = 3
     #: Point re-initialisation found no mask to sample new points from; the object is stopped.
     REINIT_FAILED = 4
+    #: An annotator removed the point from this frame on (the interaction engine).
+    REMOVED_BY_USER = 5
 
 
 #: Points closer to the border than this fraction of the frame size are not visible.

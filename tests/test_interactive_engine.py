@@ -39,9 +39,11 @@ class CountingTracker(LucasKanadeTracker):
     def __init__(self):
         super().__init__()
         self.calls = []
+        self.lengths = []
 
     def forward(self, video, queries):
         self.calls.append(queries.clone())
+        self.lengths.append(int(video.shape[1]))
         return super().forward(video, queries)
 
 
@@ -70,6 +72,11 @@ def from_scratch(frames, sam, session, config=CONFIG):
         first = session.first_frame(p.object_id)
         start = first if p.backward else max(first, p.frame)
         tracks.visibilities[:start, m, s] = False
+        if not p.track:
+            tracks.visibilities[:, m, s] = False
+        # The engine's rule: a point is visible at its own position on its own frame.
+        tracks.trajectories[p.frame, m, s] = torch.tensor([p.x, p.y])
+        tracks.visibilities[p.frame, m, s] = True
         if p.removed_from is not None:
             tracks.visibilities[p.removed_from:, m, s] = False
     outputs = pipeline.segment(frames, tracks, num_positive, (HEIGHT, WIDTH), np.random.default_rng(0))
@@ -168,12 +175,14 @@ def test_a_correction_tracks_one_point_and_decodes_only_changed_prompts(tiny_sam
     assert first.frames_encoded == NUM_FRAMES and first.embedding_cache_hits == 0
     session.add_object(2, 0, [(50.0, 20.0, True)])
     tracker.calls.clear()
+    tracker.lengths.clear()
     encoded_before = session.cache.misses
 
     # A negative point for object 1 on frame 3: only object 1's prompts on frames 3.. change.
     report = session.add_point(1, 3, 10.0, 40.0, positive=False)
     assert len(tracker.calls) == 1 and tracker.calls[0].shape == (1, 1, 3)
-    assert tracker.calls[0][0, 0].tolist() == [3.0, 10.0, 40.0]
+    # Tracked forward only: the tracker sees frames 3.. with the query on their first frame.
+    assert tracker.calls[0][0, 0].tolist() == [0.0, 10.0, 40.0] and tracker.lengths == [NUM_FRAMES - 3]
     visible = session.tracked_point(report.point_ids[0]).visibility(0)
     assert not visible[:3].any() and visible[3]
     new_id = report.point_ids[0]
@@ -322,3 +331,59 @@ def test_bad_calls_fail_clearly(tiny_sam):
     session.undo()
     with pytest.raises(ValueError, match="nothing to undo"):
         session.undo()
+
+
+def _corrections(session):
+    session.add_object(1, 0, [(20.0, 20.0, True), (60.0, 30.0, False)])
+    session.add_object(2, 1, [(50.0, 20.0, True)])
+    point = session.add_point(1, 2, 12.0, 36.0, positive=False).point_ids[0]
+    session.remove_point(point, 4)
+    session.add_point(2, 3, 40.0, 10.0, positive=True, track=False)
+
+
+def test_lazy_session_decodes_on_demand_and_equals_the_eager_one(tiny_sam):
+    frames = moving_texture()
+    eager = InteractiveSession(frames, tiny_sam, LucasKanadeTracker(), CONFIG)
+    lazy = InteractiveSession(frames, tiny_sam, LucasKanadeTracker(), CONFIG, eager=False)
+    _corrections(eager)
+    _corrections(lazy)
+    assert all(r.prompts_decoded == 0 and r.frames_encoded == 0 for r in lazy.log)
+    assert not any(lazy.is_up_to_date(t) for t in range(NUM_FRAMES))
+
+    # One frame asked for: one frame encoded and decoded, the others stay pending.
+    assert torch.equal(lazy.logits(3), eager.logits(3))
+    assert lazy.on_demand.frames_encoded == 1 and lazy.is_up_to_date(3) and not lazy.is_up_to_date(2)
+
+    seen = []
+    stop_after_two = lambda: len(seen) >= 2  # noqa: E731
+    report = lazy.propagate(on_frame=seen.append, should_stop=stop_after_two)
+    assert report.cancelled and seen == [0, 1] and not lazy.is_up_to_date(2)
+    report = lazy.propagate(on_frame=seen.append)
+    assert not report.cancelled and seen == [0, 1, 0, 1, 2, 3, 4, 5]
+    assert report.frames_encoded == NUM_FRAMES - 3  # frames 0, 1 and 3 were done before
+    assert torch.equal(all_masks(lazy), all_masks(eager))
+    assert_matches_from_scratch(lazy, frames, tiny_sam)
+
+
+def test_untracked_point_prompts_its_frame_only_and_removal_has_its_reason(tiny_sam):
+    from sampt.visibility import VisibilityReason
+
+    frames = moving_texture()
+    session = InteractiveSession(frames, tiny_sam, LucasKanadeTracker(), CONFIG)
+    _corrections(session)
+    untracked = session.points(2)[-1]
+    visible = session.tracked_point(untracked.point_id).visibility(1)
+    assert visible.tolist() == [t == 3 for t in range(NUM_FRAMES)]
+    trajectories, visibilities, reasons, point_ids = session.tracks()
+    removed = session.points(1)[-1]
+    m, slot = 0, point_ids[0].index(removed.point_id)
+    assert reasons[4:, m, slot].tolist() == [int(VisibilityReason.REMOVED_BY_USER)] * (NUM_FRAMES - 4)
+    assert not visibilities[4:, m, slot].any() and visibilities[2, m, slot]
+    assert torch.isnan(trajectories[:2, m, slot]).all()  # never tracked before the frame it was placed on
+    with pytest.raises(ValueError, match="outside the frame"):
+        session.add_point(1, 0, WIDTH + 1.0, 5.0)
+    # A replayed history gives the same point set, the untracked point included.
+    replay = InteractiveSession(frames, tiny_sam, LucasKanadeTracker(), CONFIG)
+    for interaction in session.history_json()["interactions"]:
+        replay.apply(interaction)
+    assert torch.equal(all_masks(replay), all_masks(session))

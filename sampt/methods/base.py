@@ -15,6 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from os import PathLike
+from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -56,6 +57,8 @@ class MethodResult:
         scores: ``(M,)`` the video score of each object.
         timings: seconds per stage; ``num_decoder_calls``: mask-decoder calls;
         ``num_encoded_frames``: frames run through the image encoder.
+        extras: anything else the method wants written by its own :meth:`VosMethod.write_extras`
+            (the simulated annotator's histories and curves).
     """
 
     queries: Any
@@ -67,6 +70,7 @@ class MethodResult:
     timings: dict[str, float] = field(default_factory=dict)
     num_decoder_calls: int = 0
     num_encoded_frames: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class VosMethod(nn.Module, ABC):
@@ -99,6 +103,13 @@ class VosMethod(nn.Module, ABC):
     def description(self) -> dict[str, Any]:
         """The resolved configuration: every option that changes the predictions (it goes into
         each result's fingerprint and into ``protocol.json``)."""
+
+    def write_extras(self, video: VideoItem, result: MethodResult, run_dir: Path, experiment: Any = None,
+                     step: int = 0) -> list[Path]:
+        """Write the method's own per-video outputs (from ``result.extras``) under ``run_dir``,
+        atomically, and log them to ``experiment`` (a TensorBoard ``SummaryWriter`` or None).
+        Returns the files written; the default writes nothing."""
+        return []
 
     def describe_model(self) -> str:
         """One line naming the models (e.g. ``SAM-HQ vit_h + CoTrackerTracker``) for logs."""

@@ -5,11 +5,20 @@ point set. Each call changes the point set and brings the masks up to date at th
 
 * ``add_object(object_id, frame, points)``: a new object whose first frame may be any frame
   (it has no mask before it); ``remove_object(object_id)``.
-* ``add_point(object_id, frame, x, y, positive)``: only the new point is tracked, from its frame
-  forward (and backward with ``backward=True``, never before the object's first frame).
+* ``add_point(object_id, frame, x, y, positive)``: only the new point is tracked, over the frames
+  from its frame on (from the object's first frame with ``backward=True``); it is visible at its
+  own (x, y) on its own frame whatever the tracker says there. ``track=False`` places it on its
+  frame only (the original's ``disable_point_tracking`` baseline; the page's "this frame only").
 * ``remove_point(point_id, frame)``: the point's visibility is cleared from ``frame`` on (as in
-  the original SAM-PT), its track before ``frame`` is kept.
+  the original SAM-PT), its track before ``frame`` is kept; ``tracks()`` gives those frames the
+  reason ``REMOVED_BY_USER``.
 * ``undo()`` / ``redo()``: restore an earlier point set; no tracker call (tracks are kept).
+
+With ``eager=True`` (the default) every call brings every frame's masks up to date. With
+``eager=False`` a call only changes (and tracks) the points: a frame's masks are decoded when
+they are asked for (``logits(t)``, ``masks(t)``, ``index_mask(t)``, ``scores(t)``) or by
+``propagate()``, which brings all frames up to date in order with a per-frame callback and a stop
+check (the web page and the simulated annotator work this way: a click costs one frame's decode).
 
 The masks are a pure function of the point set: on every frame each object's prompt is built
 exactly as ``SamPt.segment`` builds it (``build_point_prompts``), and only the (frame, object)
@@ -69,6 +78,7 @@ class Point:
         positive: positive (inside the object) or negative.
         backward: also tracked towards earlier frames (down to the object's first frame).
         removed_from: visibility cleared from this frame on (None: never removed).
+        track: tracked through the video; False: a prompt on its own frame only.
     """
 
     point_id: int
@@ -79,6 +89,7 @@ class Point:
     positive: bool
     backward: bool = False
     removed_from: Optional[int] = None
+    track: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,7 @@ class CallReport:
         frames_encoded: image-encoder frames computed (embedding cache misses).
         embedding_cache_hits: embeddings served from the cache.
         point_ids: points this call created (add_point, add_object).
+        cancelled: ``propagate`` stopped early by its ``should_stop``.
     """
 
     kind: str
@@ -145,6 +157,14 @@ class CallReport:
     frames_encoded: int = 0
     embedding_cache_hits: int = 0
     point_ids: list = field(default_factory=list)
+    cancelled: bool = False
+
+    def add_costs(self, other: "CallReport") -> None:
+        """Add ``other``'s work (not its wall time or ids) to this report."""
+        for name in ("tracker_seconds", "encoder_seconds", "decoder_seconds", "prompts_decoded", "decoder_calls",
+                     "frames_encoded", "embedding_cache_hits"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.frames_resegmented = sorted(set(self.frames_resegmented) | set(other.frames_resegmented))
 
 
 @dataclass(frozen=True)
@@ -242,11 +262,16 @@ class InteractiveSession:
             config has negative points); ``per_prompt`` decodes as the original's interactive
             simulation does: a prompt without a positive point gives an empty mask, and the
             two-step decode is used iff the prompt itself has a negative point.
+        eager: bring every frame up to date on each call (True) or only when a frame's masks are
+            asked for / by ``propagate`` (False).
+        embedding_cache: share another session's cache of the same frames and SAM (the simulated
+            annotator runs one session per object); replaces ``embedding_cache_mib``.
     """
 
     def __init__(self, frames: torch.Tensor, sam: SamModel, tracker: PointTracker,
                  config: Optional[SamPtConfig] = None, embedding_cache_mib: float = 1024,
-                 frame_names: Optional[Sequence[str]] = None, name: str = "video", decode_rule: str = "sam_pt"):
+                 frame_names: Optional[Sequence[str]] = None, name: str = "video", decode_rule: str = "sam_pt",
+                 eager: bool = True, embedding_cache: Optional[EmbeddingCache] = None):
         if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"frames must be (T, 3, H, W) uint8, got {tuple(frames.shape)} {frames.dtype}")
         config = config or SamPtConfig()
@@ -271,7 +296,11 @@ class InteractiveSession:
         if len(frame_names) != self.num_frames:
             raise ValueError(f"{len(frame_names)} frame names for {self.num_frames} frames")
         self.frame_names = list(frame_names)
-        self.cache = EmbeddingCache(sam, self.frames, embedding_cache_mib, config.batching.frame_batch_size)
+        if embedding_cache is not None and (embedding_cache.sam is not sam or embedding_cache.frames is not frames
+                                            and not torch.equal(embedding_cache.frames, self.frames)):
+            raise ValueError("embedding_cache belongs to another SAM or other frames")
+        self.cache = embedding_cache or EmbeddingCache(sam, self.frames, embedding_cache_mib,
+                                                       config.batching.frame_batch_size)
         # The decode mode is the config's, fixed for the session (see the module docstring).
         if decode_rule not in DECODE_RULES:
             raise ValueError(f"decode_rule must be one of {', '.join(DECODE_RULES)}, got {decode_rule!r}")
@@ -285,7 +314,13 @@ class InteractiveSession:
         self._prompts: list[dict[int, PointPrompt]] = [{} for _ in range(self.num_frames)]
         self._results: list[dict[int, _ObjectResult]] = [{} for _ in range(self.num_frames)]
         self._input_size: Optional[tuple[int, int]] = None
+        self.eager = eager
+        # Frames whose stored results may not match the current point set (lazy mode).
+        self._dirty: set[int] = set()
+        self._revisions = [0] * self.num_frames
         self.log: list[CallReport] = []
+        #: Decoding done on demand by ``logits(t)`` & co. in lazy mode (not in ``log``).
+        self.on_demand = CallReport("on_demand")
 
     # -- reading the state -------------------------------------------------------------------
     @property
@@ -331,10 +366,45 @@ class InteractiveSession:
     def can_redo(self) -> bool:
         return bool(self._redo)
 
+    def revision(self, t: int) -> int:
+        """A counter of frame ``t``'s results, raised whenever they change (brings ``t`` up to
+        date first): a consumer caching something computed from a frame's masks compares it."""
+        t = self._check_frame(t)
+        self._bring_up_to_date([t], self.on_demand)
+        return self._revisions[t]
+
+    def is_up_to_date(self, t: int) -> bool:
+        """Whether frame ``t``'s stored masks match the current point set (always, when eager)."""
+        return self._check_frame(t) not in self._dirty
+
+    def propagate(self, frames: Optional[Iterable[int]] = None, on_frame: Optional[Any] = None,
+                  should_stop: Optional[Any] = None) -> CallReport:
+        """Bring ``frames`` (default: all) up to date in ascending order.
+
+        ``on_frame(t)`` is called after each frame (also for frames already up to date), and
+        ``should_stop()`` before each one; when it returns True the call ends with
+        ``report.cancelled`` (frames done so far stay done, the rest stay pending). Logged.
+        """
+        tic = time.perf_counter()
+        report = CallReport("propagate")
+        order = sorted({self._check_frame(t) for t in (range(self.num_frames) if frames is None else frames)})
+        step = max(1, self.config.batching.frame_batch_size)
+        for start in range(0, len(order), step):
+            if should_stop is not None and should_stop():
+                report.cancelled = True
+                break
+            chunk = order[start : start + step]
+            self._bring_up_to_date(chunk, report)
+            if on_frame is not None:
+                for t in chunk:
+                    on_frame(t)
+        return self._finish(report, tic)
+
     def logits(self, t: int) -> torch.Tensor:
         """``(M, H, W) float32`` mask logits of frame ``t``; ``-inf`` where an object has no mask
         (no prompt, or a predicted IoU below ``sam_iou_threshold``)."""
         t = self._check_frame(t)
+        self._bring_up_to_date([t], self.on_demand)
         logits = torch.full((len(self.object_ids), self.height, self.width), float("-inf"))
         threshold = self.config.prompting.sam_iou_threshold
         for m, object_id in enumerate(self.object_ids):
@@ -351,6 +421,7 @@ class InteractiveSession:
     def scores(self, t: int) -> torch.Tensor:
         """``(M,) float32`` SAM's predicted IoU per object on frame ``t`` (``-inf``: no prompt)."""
         t = self._check_frame(t)
+        self._bring_up_to_date([t], self.on_demand)
         scores = torch.full((len(self.object_ids),), float("-inf"))
         for m, object_id in enumerate(self.object_ids):
             result = self._results[t].get(object_id)
@@ -392,6 +463,11 @@ class InteractiveSession:
                 outside = mark_outside_frame(tracked.trajectory, self.height, self.width)
                 reasons[visible, m, slot] = int(VisibilityReason.VISIBLE)
                 reasons[outside, m, slot] = int(VisibilityReason.OUTSIDE_FRAME)
+                removed_from = tracked.point.removed_from
+                if removed_from is not None:
+                    removed = torch.zeros(self.num_frames, dtype=torch.bool)
+                    removed[removed_from:] = True
+                    reasons[removed & tracked.tracked, m, slot] = int(VisibilityReason.REMOVED_BY_USER)
         return trajectories, visibilities, reasons, point_ids
 
     # -- interactions ------------------------------------------------------------------------
@@ -406,6 +482,8 @@ class InteractiveSession:
             raise ValueError(f"object ids must be >= 0, got {object_id}")
         frame = self._check_frame(frame)
         points = [(float(x), float(y), bool(positive)) for x, y, positive in points]
+        for x, y, _ in points:
+            self._check_inside(x, y)
         interaction = Interaction("add_object", {"object_id": object_id, "frame": int(frame),
                                                  "points": [list(p) for p in points], "backward": bool(backward)})
         return self._run(interaction)
@@ -416,17 +494,21 @@ class InteractiveSession:
         return self._run(Interaction("remove_object", {"object_id": int(object_id)}))
 
     def add_point(self, object_id: int, frame: int, x: float, y: float, positive: bool = True,
-                  backward: bool = False) -> CallReport:
+                  backward: bool = False, track: bool = True) -> CallReport:
         """A positive or negative point for ``object_id`` at ``(x, y)`` of ``frame``, tracked from
-        there forward (and backward with ``backward``, down to the object's first frame).
-        ``report.point_ids`` holds its id."""
+        there forward (and backward with ``backward``, down to the object's first frame); with
+        ``track=False`` a prompt on ``frame`` only. ``report.point_ids`` holds its id."""
         self._check_object(object_id)
         frame = self._check_frame(frame)
+        self._check_inside(x, y)
         first = self._state.objects[object_id]
         if frame < first:
             raise ValueError(f"frame {frame} is before object {object_id}'s first frame {first}")
-        interaction = Interaction("add_point", {"object_id": int(object_id), "frame": int(frame), "x": float(x),
-                                                "y": float(y), "positive": bool(positive), "backward": bool(backward)})
+        arguments = {"object_id": int(object_id), "frame": int(frame), "x": float(x), "y": float(y),
+                     "positive": bool(positive), "backward": bool(backward)}
+        if not track:
+            arguments["track"] = False  # only written when set: older histories replay unchanged
+        interaction = Interaction("add_point", arguments)
         return self._run(interaction)
 
     def remove_point(self, point_id: int, frame: int) -> CallReport:
@@ -471,7 +553,8 @@ class InteractiveSession:
             return self.remove_object(arguments["object_id"])
         if interaction.kind == "add_point":
             return self.add_point(arguments["object_id"], arguments["frame"], arguments["x"], arguments["y"],
-                                  arguments.get("positive", True), arguments.get("backward", False))
+                                  arguments.get("positive", True), arguments.get("backward", False),
+                                  arguments.get("track", True))
         if interaction.kind == "remove_point":
             return self.remove_point(arguments["point_id"], arguments["frame"])
         raise ValueError(f"unknown interaction kind {interaction.kind!r}; expected add_object, remove_object, "
@@ -555,6 +638,11 @@ class InteractiveSession:
             raise ValueError(f"frame {t!r} is out of range: the video has frames 0..{self.num_frames - 1}")
         return int(t)
 
+    def _check_inside(self, x: float, y: float) -> None:
+        if not (0 <= x < self.width and 0 <= y < self.height):
+            raise ValueError(f"point ({x:g}, {y:g}) is outside the frame: x must be in [0, {self.width}), "
+                             f"y in [0, {self.height})")
+
     def _check_object(self, object_id: int) -> None:
         if object_id not in self._state.objects:
             raise ValueError(f"unknown object {object_id!r}; objects are {self.object_ids}")
@@ -581,7 +669,7 @@ class InteractiveSession:
             objects[arguments["object_id"]] = arguments["frame"]
             new = [Point(next_id + i, arguments["object_id"], arguments["frame"], x, y, positive,
                          arguments["backward"]) for i, (x, y, positive) in enumerate(arguments["points"])]
-            for tracked in self._track(new, report):
+            for tracked in self._track(new, objects, report):
                 points[tracked.point.point_id] = tracked
             next_id += len(new)
         elif interaction.kind == "remove_object":
@@ -589,35 +677,50 @@ class InteractiveSession:
             points = {i: p for i, p in points.items() if p.point.object_id != arguments["object_id"]}
         elif interaction.kind == "add_point":
             new = Point(next_id, arguments["object_id"], arguments["frame"], arguments["x"], arguments["y"],
-                        arguments["positive"], arguments["backward"])
-            points[next_id] = self._track([new], report)[0]
+                        arguments["positive"], arguments["backward"], track=arguments.get("track", True))
+            points[next_id] = self._track([new], objects, report)[0]
             next_id += 1
         elif interaction.kind == "remove_point":
             old = points[arguments["point_id"]]
             points[arguments["point_id"]] = replace(old, point=replace(old.point, removed_from=arguments["frame"]))
         return _State(objects, points, next_id)
 
-    def _track(self, new_points: list[Point], report: CallReport) -> list[TrackedPoint]:
-        """Track only ``new_points``, in one tracker call; apply the border and direction rules."""
+    def _track(self, new_points: list[Point], first_frames: dict, report: CallReport) -> list[TrackedPoint]:
+        """Track only ``new_points`` (one tracker call for those with ``track``), over the frames
+        from the earliest one they need on: a point's own frame, or its object's first frame when
+        it is also tracked backward. Frames not tracked hold NaN and are not visible.
+
+        The border rule of ``SamPt.track`` applies, then the direction rule; a point is visible at
+        its own (x, y) on its own frame whatever the tracker says there (as in the original's
+        simulation, which overwrites the tracker's output on the query frame).
+        """
         if not new_points:
             return []
-        queries = torch.tensor([[[p.frame, p.x, p.y] for p in new_points]], dtype=torch.float32)
-        tic = time.perf_counter()
-        with torch.no_grad():
-            trajectories, visibilities = self.tracker(self.frames[None].to(self.sam.device),
-                                                      queries.to(self.sam.device))
-        report.tracker_seconds += time.perf_counter() - tic
         report.point_ids.extend(p.point_id for p in new_points)
-        trajectories = trajectories[0].float().cpu()
-        visibilities = visibilities[0].bool().cpu()
-        # The same border rule as SamPt.track.
-        visibilities &= ~mark_outside_frame(trajectories, self.height, self.width)
+        trajectories = torch.full((self.num_frames, len(new_points), 2), float("nan"))
+        visibilities = torch.zeros(self.num_frames, len(new_points), dtype=torch.bool)
+        tracked_ids = [i for i, p in enumerate(new_points) if p.track]
+        if tracked_ids:
+            start = min(first_frames[new_points[i].object_id] if new_points[i].backward else new_points[i].frame
+                        for i in tracked_ids)
+            queries = torch.tensor([[[new_points[i].frame - start, new_points[i].x, new_points[i].y]
+                                     for i in tracked_ids]], dtype=torch.float32)
+            tic = time.perf_counter()
+            with torch.no_grad():
+                traj, vis = self.tracker(self.frames[start:][None].to(self.sam.device), queries.to(self.sam.device))
+            report.tracker_seconds += time.perf_counter() - tic
+            traj, vis = traj[0].float().cpu(), vis[0].bool().cpu()
+            vis &= ~mark_outside_frame(traj, self.height, self.width)
+            trajectories[start:, tracked_ids] = traj
+            visibilities[start:, tracked_ids] = vis
         tracked = []
         for i, point in enumerate(new_points):
-            visible = visibilities[:, i].clone()
+            trajectory, visible = trajectories[:, i].clone(), visibilities[:, i].clone()
             if not point.backward:
                 visible[: point.frame] = False
-            tracked.append(TrackedPoint(point, trajectories[:, i].clone(), visible))
+            trajectory[point.frame] = torch.tensor([point.x, point.y])
+            visible[point.frame] = True
+            tracked.append(TrackedPoint(point, trajectory, visible))
         return tracked
 
     @staticmethod
@@ -641,18 +744,23 @@ class InteractiveSession:
         num_positive = max(len(v) for v in positives.values())
         num_negative = max(len(v) for v in negatives.values())
         num_slots = num_positive + num_negative
-        xy = torch.zeros(self.num_frames, len(object_ids), num_slots, 2)
-        visible = torch.zeros(self.num_frames, len(object_ids), num_slots, dtype=torch.bool)
+        frames = list(frames)
+        index = torch.tensor(frames, dtype=torch.long)
+        # Only the asked frames: a lazy session asks for one frame at a time.
+        xy = torch.zeros(len(frames), len(object_ids), num_slots, 2)
+        visible = torch.zeros(len(frames), len(object_ids), num_slots, dtype=torch.bool)
         for m, o in enumerate(object_ids):
             slots = [(s, p) for s, p in enumerate(positives[o])] + \
                     [(num_positive + s, p) for s, p in enumerate(negatives[o])]
             for slot, tracked in slots:
-                xy[:, m, slot] = tracked.trajectory
-                visible[:, m, slot] = tracked.visibility(state.objects[o])
+                xy[:, m, slot] = tracked.trajectory[index]
+                visible[:, m, slot] = tracked.visibility(state.objects[o])[index]
+        # Untracked frames hold NaN; hidden points' positions never reach SAM, keep them finite.
+        xy = torch.where(visible[..., None], xy, torch.zeros(()))
         config = prompter_config(self.config, num_positive, num_negative)
         prompts = {}
-        for t in frames:
-            frame_prompts = build_point_prompts(xy[t].to(self.sam.device), visible[t].to(self.sam.device), config)
+        for row, t in enumerate(frames):
+            frame_prompts = build_point_prompts(xy[row].to(self.sam.device), visible[row].to(self.sam.device), config)
             prompts[t] = dict(zip(object_ids, frame_prompts))
             for o in object_ids:
                 if t < state.objects[o]:
@@ -685,9 +793,20 @@ class InteractiveSession:
         return torch.nonzero(changed)[:, 0].tolist()
 
     def _switch(self, new_state: _State, report: CallReport) -> None:
-        """Make ``new_state`` current: decode exactly the prompts that changed."""
+        """Make ``new_state`` current; when eager, decode exactly the prompts that changed."""
         frames = self._candidate_frames(self._state, new_state)
         self._state = new_state
+        self._dirty.update(frames)
+        if self.eager:
+            self._bring_up_to_date(sorted(self._dirty), report)
+
+    def _bring_up_to_date(self, frames: Sequence[int], report: CallReport) -> None:
+        """Decode the changed prompts of those ``frames`` that are pending; costs go to ``report``."""
+        frames = [t for t in frames if t in self._dirty]
+        if not frames:
+            return
+        new_state = self._state
+        self._dirty.difference_update(frames)
         new_prompts = self._frame_prompts(new_state, frames)
         work: dict[int, list[int]] = {}
         for t in frames:
@@ -695,6 +814,7 @@ class InteractiveSession:
                 if object_id not in new_state.objects:
                     del self._prompts[t][object_id]
                     self._results[t].pop(object_id, None)
+                    self._revisions[t] += 1
             changed = [o for o, prompt in new_prompts[t].items() if not _same_prompt(self._prompts[t].get(o), prompt)]
             for object_id in changed:
                 self._prompts[t][object_id] = new_prompts[t][object_id]
@@ -703,6 +823,7 @@ class InteractiveSession:
             to_decode = [o for o in changed if len(new_prompts[t][o]) > 0]
             if changed:
                 report.frames_resegmented.append(t)
+                self._revisions[t] += 1
             if to_decode:
                 work[t] = to_decode
         hits, misses, encoder = self.cache.hits, self.cache.misses, self.cache.seconds
