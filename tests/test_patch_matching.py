@@ -265,7 +265,7 @@ def test_a_point_tracked_off_its_patch_is_rejected():
 
 
 def test_reasons_enum_values():
-    assert [int(reason) for reason in VisibilityReason] == [0, 1, 2, 3, 4]
+    assert [int(reason) for reason in VisibilityReason] == [0, 1, 2, 3, 4, 5]
     assert reasons_from_visibility(torch.tensor([True, False])).tolist() == [VISIBLE, OCCLUDED]
 
 
