@@ -159,13 +159,6 @@ class CallReport:
     point_ids: list = field(default_factory=list)
     cancelled: bool = False
 
-    def add_costs(self, other: "CallReport") -> None:
-        """Add ``other``'s work (not its wall time or ids) to this report."""
-        for name in ("tracker_seconds", "encoder_seconds", "decoder_seconds", "prompts_decoded", "decoder_calls",
-                     "frames_encoded", "embedding_cache_hits"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.frames_resegmented = sorted(set(self.frames_resegmented) | set(other.frames_resegmented))
-
 
 @dataclass(frozen=True)
 class _ObjectResult:

@@ -13,26 +13,29 @@ VOS merge, PNG writer and J&F metric see them as for SAM-PT), and ``write_extras
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import cv2
 import numpy as np
 import torch
 
+from sampt.datamodules.io import resize_masks_nearest
 from sampt.io.atomic import write_text_atomic
 from sampt.methods.base import FrameOutput, MethodResult
 from sampt.methods.interactive.engine import InteractiveSession
 from sampt.methods.interactive.simulation import SimulationOptions, curve_rows, simulate_object
 from sampt.methods.sam_pt.method import SamPtMethod
 from sampt.methods.sam_pt.options import SamPtConfig
-from sampt.methods.sam_pt.pipeline import output_scale, resize_logits, video_rng
+from sampt.methods.sam_pt.pipeline import output_scale, resize_logits, video_rng, video_scores
 from sampt.sam.backends import SamConfig
 from sampt.trackers.base import PointTracker
 from sampt.video import VideoItem
+from sampt.visibility import VisibilityReason
 
 
 class InteractiveSimulationMethod(SamPtMethod):
@@ -76,6 +79,7 @@ class InteractiveSimulationMethod(SamPtMethod):
         num_frames, _, height, width = (int(s) for s in frames.shape)
         ground_truth = input_size_ground_truth(video.ground_truth, (height, width))
         config = self.session_config()
+        tic = time.perf_counter()
         cache, simulations = None, []
         for m, obj in enumerate(video.objects):
             session = InteractiveSession(frames, self.sam, self.tracker, config, self.embedding_cache_mib,
@@ -86,6 +90,7 @@ class InteractiveSimulationMethod(SamPtMethod):
                       for k, (_, x, y) in enumerate(queries.points[m].tolist()) if bool(queries.valid[m, k])]
             simulations.append(simulate_object(session, obj.object_id, obj.query_frame, points,
                                                ground_truth == obj.object_id, self.simulation, rng))
+        simulation_seconds = time.perf_counter() - tic
 
         scores_per_frame = torch.full((num_frames, len(simulations)), float("-inf"))
         for t in range(num_frames):
@@ -97,13 +102,12 @@ class InteractiveSimulationMethod(SamPtMethod):
                 progress(t)
         trajectories, visibilities, reasons, num_positive = _stack_tracks(simulations, num_frames)
         scale = output_scale((height, width), video.output_size)
-        has_score = torch.isfinite(scores_per_frame)
-        video_score = torch.where(has_score, scores_per_frame, 0).sum(0) / has_score.sum(0).clamp(min=1)
         result = MethodResult(
-            queries=SimulatedQueries(queries.points, num_positive, queries.valid, queries.query_masks),
+            # Overlays read positives per object: corrections add positives after the negatives.
+            queries=dataclasses.replace(queries, num_positive=num_positive),
             trajectories=trajectories * scale, visibilities=visibilities, reasons=reasons,
-            scores_per_frame=scores_per_frame, scores=video_score,
-            timings={"simulation": sum(r.seconds for s in simulations for r in s.session.log)},
+            scores_per_frame=scores_per_frame, scores=video_scores(scores_per_frame, torch.isfinite(scores_per_frame)),
+            timings={"simulation": simulation_seconds},
             num_decoder_calls=sum(s.session.on_demand.decoder_calls + sum(r.decoder_calls for r in s.session.log)
                                   for s in simulations),
             num_encoded_frames=cache.misses if cache is not None else 0,
@@ -114,6 +118,7 @@ class InteractiveSimulationMethod(SamPtMethod):
     def write_extras(self, video: VideoItem, result: MethodResult, run_dir: Path, experiment: Any = None,
                      step: int = 0) -> list[Path]:
         from sampt.charts import line_chart
+        from sampt.overlay import write_png
 
         simulations = result.extras.get("simulations", [])
         folder = Path(run_dir) / "interactive" / video.name
@@ -139,13 +144,7 @@ class InteractiveSimulationMethod(SamPtMethod):
                   for object_id, _, s in simulations}
         chart = line_chart(series, title=f"{video.name}: J&F against interactions", x_label="interactions",
                            y_label="J&F")
-        from sampt.io.atomic import atomic_open
-
-        ok, png = cv2.imencode(".png", cv2.cvtColor(chart, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RuntimeError(f"could not encode {written[2]}")
-        with atomic_open(written[2], "wb") as handle:
-            handle.write(png.tobytes())
+        write_png(written[2], chart)
         if experiment is not None and hasattr(experiment, "add_scalar"):
             for row in rows:
                 experiment.add_scalar(f"interactive/{video.name}/object_{row['object']}/J&F", row["J&F"],
@@ -161,23 +160,9 @@ class InteractiveSimulationMethod(SamPtMethod):
         return super().describe_model().replace("SAM-PT:", "SAM-PT simulated annotator:", 1)
 
 
-class SimulatedQueries:
-    """The queries as overlays read them: ``num_positive`` per object (corrections add positives)."""
-
-    def __init__(self, points: torch.Tensor, num_positive: list[int], valid: torch.Tensor, query_masks: torch.Tensor):
-        self.points, self.num_positive, self.valid, self.query_masks = points, num_positive, valid, query_masks
-
-    @property
-    def query_frames(self) -> torch.Tensor:
-        return self.points[:, 0, 0].long()
-
-
 def input_size_ground_truth(ground_truth: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """``(T, h, w) uint8`` index masks at output size -> ``(T, H, W)`` at the frames' size (nearest)."""
-    masks = ground_truth.cpu().numpy().astype(np.uint8)
-    if masks.shape[1:] == tuple(size):
-        return masks
-    return np.stack([cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_NEAREST) for m in masks])
+    return resize_masks_nearest(ground_truth.cpu().to(torch.uint8), size).numpy()
 
 
 def _stack_tracks(simulations, num_frames: int):
@@ -187,7 +172,7 @@ def _stack_tracks(simulations, num_frames: int):
     slots = max((t[0].shape[2] for t in per_object), default=0)
     trajectories = torch.full((num_frames, len(per_object), slots, 2), float("nan"))
     visibilities = torch.zeros(num_frames, len(per_object), slots, dtype=torch.bool)
-    reasons = torch.ones(num_frames, len(per_object), slots, dtype=torch.int8)  # OCCLUDED padding
+    reasons = torch.full((num_frames, len(per_object), slots), int(VisibilityReason.OCCLUDED), dtype=torch.int8)
     num_positive = []
     for m, ((traj, vis, why, _), simulation) in enumerate(zip(per_object, simulations)):
         n = traj.shape[2]

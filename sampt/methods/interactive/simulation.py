@@ -131,17 +131,9 @@ def correction_point(region: np.ndarray, options: SimulationOptions, rng: np.ran
         distance = cv2.distanceTransform(np.pad(cluster, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
         y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
         return float(x), float(y)
-    import kmedoids
+    from sampt.methods.sam_pt.query_points import kmedoids_points
 
-    pixels_yx = np.argwhere(cluster).astype(np.float64)
-    pixels_yx = pixels_yx[rng.permutation(len(pixels_yx))[: options.kmedoids_subset]]
-    k = min(options.kmedoids_candidates, len(pixels_yx))
-    if k == 1:
-        y, x = pixels_yx[0]
-        return float(x), float(y)
-    distances = np.sqrt(((pixels_yx[:, None, :] - pixels_yx[None, :, :]) ** 2).sum(-1))
-    result = kmedoids.fasterpam(distances, k, random_state=int(rng.integers(2 ** 31)))
-    y, x = pixels_yx[int(np.asarray(result.medoids)[0])]
+    x, y = kmedoids_points(cluster, options.kmedoids_candidates, rng, subsample_size=options.kmedoids_subset)[0]
     return float(x), float(y)
 
 

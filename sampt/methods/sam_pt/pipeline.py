@@ -59,7 +59,8 @@ class Queries:
 
     Attributes:
         points: ``(M, P, 3) float32`` (t, x, y) in input pixels.
-        num_positive: the first ``num_positive`` points of each object are positive.
+        num_positive: the first ``num_positive`` points of each object are positive (an int; a
+            list of one count per object where objects differ, as after interactive corrections).
         valid: ``(M, P) bool``; False for padding when objects were given different point counts.
         query_masks: ``(M, H, W) bool`` query masks at input resolution.
     """

@@ -83,7 +83,7 @@ def _yx_to_xy(points_yx: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(points_yx[:, ::-1]).astype(np.float32)
 
 
-def _kmedoids_points(mask: np.ndarray, num_points: int, rng: np.random.Generator,
+def kmedoids_points(mask: np.ndarray, num_points: int, rng: np.random.Generator,
                      subsample_size: int = KMEDOIDS_SUBSAMPLE_SIZE) -> np.ndarray:
     """``(num_points, 2) float32`` (x, y) medoids of the mask's pixels; the mask is non-empty."""
     pixels_yx = _mask_pixels_yx(mask)
@@ -145,7 +145,7 @@ def _shi_tomasi_points(mask: np.ndarray, num_points: int, frame_hwc: np.ndarray,
                   else corners.reshape(-1, 2).astype(np.float32))
     num_missing = num_points - len(corners_xy)
     if num_missing > 0:
-        fill_xy = _kmedoids_points(mask, num_missing, rng, subsample_size=SHI_TOMASI_FILL_SUBSAMPLE_SIZE)
+        fill_xy = kmedoids_points(mask, num_missing, rng, subsample_size=SHI_TOMASI_FILL_SUBSAMPLE_SIZE)
         corners_xy = np.concatenate([corners_xy, fill_xy], axis=0)
     return corners_xy
 
@@ -164,7 +164,7 @@ def _mixed_points(mask: np.ndarray, num_points: int, frame_hwc: Optional[np.ndar
     num_random = num_points - num_kmedoids - num_shi_tomasi
     parts = []
     if num_kmedoids > 0:
-        parts.append(_kmedoids_points(mask, num_kmedoids, rng))
+        parts.append(kmedoids_points(mask, num_kmedoids, rng))
     if num_shi_tomasi > 0:
         parts.append(_shi_tomasi_points(mask, num_shi_tomasi, frame_hwc, rng))
     if num_random > 0:
@@ -181,7 +181,7 @@ def _sample_points_numpy(mask: np.ndarray, num_points: int, method: str, frame_h
                       f"and will be treated as not visible", stacklevel=3)
         return np.zeros((num_points, 2), np.float32)
     if method == "kmedoids":
-        return _kmedoids_points(mask, num_points, rng)
+        return kmedoids_points(mask, num_points, rng)
     if method == "shi-tomasi":
         return _shi_tomasi_points(mask, num_points, frame_hwc, rng)
     if method == "random":
