@@ -20,7 +20,10 @@ CONFIG = SamPtConfig.from_flat(positive_points_per_mask=1, negative_points_per_m
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)  # later modules' reference tolerances assume the suite's 2 threads
 
 
 def moving_texture(num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH, seed=0):
