@@ -176,7 +176,8 @@ def test_sampt_test_runs_the_protocol_on_the_d17_layout(davis2017_sample, tmp_pa
                 "--model.init_args.method.init_args.tracker.class_path", "sampt.trackers.lk.LucasKanadeTracker",
                 "--model.init_args.method.init_args.sam_pt.query.positive_points_per_mask", "1",
                 "--model.init_args.method.init_args.sam_pt.query.negative_points_per_mask", "0",
-                "--model.init_args.method.init_args.simulation.interactions_max", "6"])
+                "--model.init_args.method.init_args.simulation.interactions_max", "6",
+                "--model.init_args.method.init_args.annotated_video", "true"])
     assert (out / "global_results-val.csv").is_file()
     for video in ("blackswan", "car-shadow"):
         folder = out / "interactive" / video
@@ -190,6 +191,14 @@ def test_sampt_test_runs_the_protocol_on_the_d17_layout(davis2017_sample, tmp_pa
         assert float(last["J&F"]) == pytest.approx((float(last["J"]) + float(last["F"])) / 2, abs=2e-6)
         assert (folder / "curve.png").stat().st_size > 1000
         assert len(list((out / "predictions" / video).glob("*.png"))) == 5
+        # One picture per correction, above each a caption strip.
+        import av
+
+        with av.open(str(folder / "corrections.mp4")) as container:
+            pictures = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        assert len(pictures) == len(entry["corrections"]) > 0
+        # 854x480 frames at longest side 128: 128x72, and the 22-pixel caption.
+        assert pictures[0].shape == (72 + 22, 128, 3) and pictures[0][:22].mean() < pictures[0][22:].mean()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (events,) = list((out / "tensorboard").rglob("events.out.tfevents.*"))
@@ -209,3 +218,26 @@ def test_the_protocol_needs_ground_truth(tiny_sam):
                       (48, 64))
     with pytest.raises(ValueError, match="clip: the simulated annotator needs every frame's ground truth"):
         method.run(video, lambda output: None)
+
+
+def test_correction_picture_shows_the_mask_the_outline_the_point_and_the_caption():
+    from sampt.io.png import davis_palette
+    from sampt.methods.interactive.annotated import RecordedCorrection, caption, correction_image
+
+    frame = np.full((3, 60, 80), 90, dtype=np.uint8)
+    mask = np.zeros((60, 80), dtype=bool)
+    mask[10:30, 10:40] = True
+    truth = np.zeros((60, 80), dtype=bool)
+    truth[35:55, 45:75] = True
+    entry = {"action": "add", "type": "negative", "x": 60.0, "y": 45.0, "frame": 3, "interaction": 7,
+             "iou_before": 0.25, "iou_after": 0.5}
+    recorded = RecordedCorrection.of(2, entry, mask)
+    assert recorded.packed_mask.nbytes == 60 * 80 // 8 and (recorded.mask() == mask).all()
+    image = correction_image(frame, recorded.mask(), truth, 2, entry)
+    assert image.shape == (22 + 60, 80, 3)
+    picture = image[22:].astype(int)
+    green = np.array(davis_palette()[6:9])
+    assert (np.abs(picture[20, 25] - (0.5 * green + 0.5 * 90)) <= 1).all()   # inside the mask: blended
+    assert (picture[35, 50] >= 200).all() and (picture[45, 52] == 90).all()   # the outline; inside it, no fill
+    assert (picture[45, 60] != 90).any()                                       # the point
+    assert image[:22].max() > 100 and caption(2, entry).endswith("add negative  IoU 0.25 -> 0.50")

@@ -8,7 +8,8 @@ VOS merge, PNG writer and J&F metric see them as for SAM-PT), and ``write_extras
 * ``interactive/<video>/history.json``: per object the corrections (the original's fields), the
   passes, the restored pass, and the engine's interactions (replayable with ``InteractiveSession.apply``);
 * ``interactive/<video>/curve.csv`` and ``curve.png``: mean J, F and J&F against interactions used;
-* TensorBoard scalars ``interactive/<video>/<object>/J&F`` (step: interactions) and the plot.
+* TensorBoard scalars ``interactive/<video>/<object>/J&F`` (step: interactions) and the plot;
+* with ``annotated_video``, ``interactive/<video>/corrections.mp4``: one picture per correction.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 from sampt.datamodules.io import resize_masks_nearest
 from sampt.io.atomic import write_text_atomic
 from sampt.methods.base import FrameOutput, MethodResult
+from sampt.methods.interactive.annotated import RecordedCorrection, write_corrections_video
 from sampt.methods.interactive.engine import InteractiveSession
 from sampt.methods.interactive.simulation import SimulationOptions, curve_rows, simulate_object
 from sampt.methods.sam_pt.method import SamPtMethod
@@ -46,15 +48,23 @@ class InteractiveSimulationMethod(SamPtMethod):
             (the original's interactive setting: 1 positive, 0 negative, no refinement).
         simulation: the annotator's rules and budgets (:class:`SimulationOptions`).
         embedding_cache_mib: bound of the image-embedding cache shared by a video's objects.
+        annotated_video: also write ``interactive/<video>/corrections.mp4``, one picture per
+            correction (the mask after it, the ground truth's outline, the point, a caption).
+        annotated_video_fps: pictures per second of that video.
     """
 
     def __init__(self, sam: SamConfig, tracker: PointTracker, sam_pt: SamPtConfig = SamPtConfig(),
-                 simulation: SimulationOptions = SimulationOptions(), embedding_cache_mib: float = 4096):
+                 simulation: SimulationOptions = SimulationOptions(), embedding_cache_mib: float = 4096,
+                 annotated_video: bool = False, annotated_video_fps: float = 2.0):
         super().__init__(sam, tracker, sam_pt)
         if sam_pt.reinit.use_point_reinit:
             raise ValueError("the simulated annotator runs plain SAM-PT: set sam_pt.reinit.use_point_reinit false")
+        if annotated_video_fps <= 0:
+            raise ValueError(f"annotated_video_fps must be positive, got {annotated_video_fps}")
         self.simulation = simulation
         self.embedding_cache_mib = embedding_cache_mib
+        self.annotated_video = annotated_video
+        self.annotated_video_fps = annotated_video_fps
 
     def session_config(self) -> SamPtConfig:
         # The original's simulation decodes every prompt and keeps every mask (no IoU threshold).
@@ -80,7 +90,7 @@ class InteractiveSimulationMethod(SamPtMethod):
         ground_truth = input_size_ground_truth(video.ground_truth, (height, width))
         config = self.session_config()
         tic = time.perf_counter()
-        cache, simulations = None, []
+        cache, simulations, recorded = None, [], []
         for m, obj in enumerate(video.objects):
             session = InteractiveSession(frames, self.sam, self.tracker, config, self.embedding_cache_mib,
                                          video.frame_names, video.name, decode_rule="per_prompt", eager=False,
@@ -88,8 +98,14 @@ class InteractiveSimulationMethod(SamPtMethod):
             cache = session.cache
             points = [(float(x), float(y), k < queries.num_positive)
                       for k, (_, x, y) in enumerate(queries.points[m].tolist()) if bool(queries.valid[m, k])]
+            record = None
+            if self.annotated_video:
+                def record(entry, session=session, object_id=obj.object_id):
+                    # The frame was just decoded to score the correction: its mask costs nothing.
+                    recorded.append(RecordedCorrection.of(object_id, entry, session.masks(entry["frame"])[0].numpy()))
             simulations.append(simulate_object(session, obj.object_id, obj.query_frame, points,
-                                               ground_truth == obj.object_id, self.simulation, rng))
+                                               ground_truth == obj.object_id, self.simulation, rng,
+                                               on_interaction=record))
         simulation_seconds = time.perf_counter() - tic
 
         scores_per_frame = torch.full((num_frames, len(simulations)), float("-inf"))
@@ -113,6 +129,7 @@ class InteractiveSimulationMethod(SamPtMethod):
             num_encoded_frames=cache.misses if cache is not None else 0,
         )
         result.extras["simulations"] = [(obj.object_id, obj.query_frame, s) for obj, s in zip(video.objects, simulations)]
+        result.extras["recorded_corrections"] = recorded
         return result
 
     def write_extras(self, video: VideoItem, result: MethodResult, run_dir: Path, experiment: Any = None,
@@ -150,6 +167,13 @@ class InteractiveSimulationMethod(SamPtMethod):
                 experiment.add_scalar(f"interactive/{video.name}/object_{row['object']}/J&F", row["J&F"],
                                       row["interactions"])
             experiment.add_image(f"interactive/{video.name}/curve", chart, step, dataformats="HWC")
+        recorded = result.extras.get("recorded_corrections") or []
+        if recorded:
+            frames = video.frames
+            ground_truth = input_size_ground_truth(video.ground_truth, tuple(frames.shape[-2:]))
+            if write_corrections_video(folder / "corrections.mp4", frames, ground_truth, recorded,
+                                       self.annotated_video_fps):
+                written.append(folder / "corrections.mp4")
         return written
 
     def description(self) -> dict[str, Any]:
