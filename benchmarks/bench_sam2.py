@@ -1,12 +1,13 @@
 """SAM 2 video (``Sam2VideoMethod``) vs SAM-PT on the same synthetic clip, random weights.
 
 Weights do not change the cost, so both models are random-initialised at their real sizes
-(``--sam2`` a named SAM 2 model, ``--sam`` a SAM 1 variant for SAM-PT). SAM-PT runs with the
+(``--sam2`` a named SAM 2 model, ``--sam`` SAM-PT's segmenter: a SAM 1 variant or a SAM 2 model). SAM-PT runs with the
 static tracker, so its time is the SAM stage alone (point tracking comes on top in a real run).
 
     python benchmarks/bench_sam2.py                                  # 8 frames, 2 objects, CPU
     python benchmarks/bench_sam2.py --sam2 sam2.1_hiera_large --sam vit_h --device cuda --frames 50
     python benchmarks/bench_sam2.py --length 100 400                 # host memory vs video length
+    python benchmarks/bench_sam2.py --sam sam2.1_hiera_tiny          # SAM-PT on SAM 2.1's image path
 
 Speed: frames/s of each method (median of ``--repeats``), and their ratio. Memory: peak host
 RSS growth during the run (``/proc/self/statm``; the clip is allocated before; allocator reuse
@@ -125,7 +126,9 @@ def state_mb(states) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sam2", default="sam2.1_hiera_tiny", choices=sorted(SAM2_MODELS))
-    parser.add_argument("--sam", default="vit_b", help="SAM 1 variant (segment_anything) for SAM-PT")
+    parser.add_argument("--sam", default="vit_b",
+                        help="SAM-PT's segmenter: a segment_anything variant (vit_b, vit_l, vit_h) or a SAM 2 "
+                             "model (sam2.1_hiera_tiny, ...: backend sam2)")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, nargs=2, default=(480, 854), metavar=("H", "W"))
     parser.add_argument("--objects", type=int, default=2)
@@ -154,8 +157,8 @@ def main() -> None:
         from sampt.sam.backends import build_sam
         from sampt.trackers.trivial import StaticTracker
 
-        sampt = SamPtMethod.from_models(build_sam("segment_anything", args.sam, random_init=True),
-                                        StaticTracker(), SamPtConfig())
+        backend = "sam2" if args.sam in SAM2_MODELS else "segment_anything"
+        sampt = SamPtMethod.from_models(build_sam(backend, args.sam, random_init=True), StaticTracker(), SamPtConfig())
         sampt.to(args.device)
         sampt.run(make_clip(2, height, width, args.objects), lambda o: None)
         pt_time, pt_rss, pt_cuda = time_method(sampt, video, args.repeats, args.device)

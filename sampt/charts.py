@@ -33,7 +33,7 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], title
                y_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Step lines, one per named ``(xs, ys)`` series, with axes and a legend -> ``(H, W, 3) uint8`` RGB."""
     image = np.full((height, width, 3), 255, dtype=np.uint8)
-    left, right, top, bottom = 60, 20, 40, 50
+    left, right, top, bottom = 60, 20, 50, 50
     font = cv2.FONT_HERSHEY_SIMPLEX
     cv2.putText(image, title, (left, 24), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     x_max = max((max(xs) for xs, _ in series.values() if len(xs)), default=1.0) or 1.0
@@ -49,11 +49,19 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], title
         _, py = to_pixel(0, tick)
         cv2.line(image, (left - 4, py), (width - right, py), (225, 225, 225), 1)
         cv2.putText(image, f"{tick:.1f}", (8, py + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    for tick in np.linspace(0, x_max, 6):
+    integral = all(float(x).is_integer() for xs, _ in series.values() for x in xs)
+    if integral:  # counts (interactions): ticks on whole numbers, at most about 10 of them
+        step = max(1, int(np.ceil(x_max / 10)))
+        x_ticks = np.arange(0, x_max + 0.5, step)
+    else:
+        x_ticks = np.linspace(0, x_max, 6)
+    for tick in x_ticks:
         px, _ = to_pixel(tick, low)
-        cv2.putText(image, f"{tick:.0f}", (px - 8, height - bottom + 16), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.line(image, (px, height - bottom), (px, height - bottom + 4), (0, 0, 0), 1)
+        text = f"{tick:.0f}" if integral else f"{tick:.3g}"
+        cv2.putText(image, text, (px - 4 * len(text), height - bottom + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, x_label, (width // 2 - 40, height - 12), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(image, y_label, (8, top - 8), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, y_label, (8, top - 16), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
     for index, (name, (xs, ys)) in enumerate(series.items()):
         colour = colours[index % len(colours)]

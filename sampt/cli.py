@@ -21,6 +21,7 @@ TOOLS = {
     "eval": ("sampt.eval_vos", "evaluate a folder of predicted PNGs against ground truth (DAVIS J&F)"),
     "eval-vis": ("sampt.eval_vis", "score a YouTube-VIS results json (video AP)"),
     "checkpoints": ("sampt.checkpoints", "list, verify or download the registered checkpoints"),
+    "compare": ("sampt.compare", "the J&F of several runs side by side (refuses runs on different objects)"),
     "app": ("sampt.app.server", "a local web page: click points on a clip, propagate, correct, export"),
 }
 

@@ -76,6 +76,11 @@ class ProposalConfig:
 def generator_class(sam: SamModel) -> type:
     """The ``SamAutomaticMaskGenerator`` of the package that built ``sam.sam``."""
     package = type(sam.sam).__module__.split(".")[0]
+    if package == "sam2":
+        from sampt.errors import SamptError
+
+        raise SamptError(f"VIS proposals need a SAM 1 automatic mask generator; {sam.variant} (backend sam2) "
+                          "is not supported for VIS yet: use a SAM 1 backend for the UVO configs")
     if package == "segment_anything_hq":
         from segment_anything_hq import SamAutomaticMaskGenerator
     elif package == "mobile_sam":

@@ -70,3 +70,31 @@ def test_the_method_config_builds_without_fetching(tmp_path, monkeypatch):
     assert method.required_checkpoints() == ["sam2.1_hiera_base_plus"]
     assert cli.datamodule.longest_size is None  # frames at their original size, as the script reads them
     assert not (tmp_path / "cache").exists()
+
+
+def test_sam_pt_with_sam2_as_its_segmenter_on_the_davis_sample(davis2017_sample, tmp_path):
+    # configs/sam/sam2.1_hiera_large.yaml with the tiny random SAM 2.1 in place of Hiera-L's weights.
+    weights = tiny_weights(tmp_path / "tiny_sam2.pt")
+    tiny = tmp_path / "tiny_sam2_segmenter.yaml"
+    tiny.write_text(yaml.safe_dump({"model": {"init_args": {"method": {"init_args": {
+        "sam": {"variant": CONFIG, "checkpoint": None, "checkpoint_path": str(weights),
+                "hydra_overrides": TINY_OVERRIDES},
+        "tracker": {"class_path": "sampt.trackers.lk.LucasKanadeTracker"},
+        "sam_pt": {"query": {"positive_points_per_mask": 4, "negative_points_per_mask": 1},
+                   "prompting": {"iterative_refinement_iterations": 2, "sam_iou_threshold": -1.0}}}}}},
+        "trainer": {"accelerator": "cpu", "devices": 1}}))
+    out = tmp_path / "run"
+    sampt_main(["test", "--config", "configs/d17.yaml", "--config", "configs/sam/sam2.1_hiera_large.yaml",
+                "--config", str(tiny), "--data.init_args.root", str(davis2017_sample),
+                "--model.init_args.output_dir", str(out / "predictions"),
+                "--trainer.logger.init_args.save_dir", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_objects"] == 2 and 0.0 <= results["global"]["J&F-Mean"] <= 1.0
+    for sequence in ("blackswan", "car-shadow"):
+        pngs = sorted((out / "predictions" / sequence).glob("*.png"))
+        assert [p.stem for p in pngs] == [f"{i:05d}" for i in range(5)]
+        assert Image.open(pngs[0]).size == (854, 480)
+    config = (out / "config.yaml").read_text()
+    assert "SamPtMethod" in config and "backend: sam2" in config and "tiny_sam2.pt" in config
+    protocol = json.dumps(json.loads((out / "protocol.json").read_text()))
+    assert "sam2/" in protocol and "tiny_sam2.pt" in protocol

@@ -238,8 +238,8 @@ def test_unloadable_files_raise_checkpoint_error(tmp_path, content, expected):
 
 
 def test_unknown_backend_and_variant_list_valid_names():
-    with pytest.raises(ValueError, match="unknown SAM backend 'sam2'; valid names: custom, mobile_sam, segment_anything, segment_anything_hq"):
-        build_sam("sam2")
+    with pytest.raises(ValueError, match="unknown SAM backend 'sam3'; valid names: custom, mobile_sam, sam2, segment_anything, segment_anything_hq"):
+        build_sam("sam3")
     with pytest.raises(ValueError, match="unknown segment_anything variant 'vit_tiny'; valid names: vit_b, vit_h, vit_l"):
         build_sam("segment_anything", "vit_tiny")
     with pytest.raises(ValueError, match="valid names: vit_t"):
@@ -320,6 +320,12 @@ def parse_sam_config(path: Path) -> SamConfig:
 @pytest.mark.parametrize("config", sorted((REPO / "configs" / "sam").glob("*.yaml")), ids=lambda p: p.stem)
 def test_sam_configs_name_registered_variants_and_checkpoints(config):
     sam = parse_sam_config(config)
+    if sam.backend == "sam2":
+        from sampt.sam.sam2_backend import SAM2_MODELS
+
+        assert sam.checkpoint == SAM2_MODELS[sam.variant][1] == config.stem
+        assert sam.checkpoint in checkpoints.CHECKPOINTS and sam.required_checkpoints() == [sam.checkpoint]
+        return
     entry = get_sam_variant(sam.backend, sam.variant)
     assert sam.checkpoint == entry.checkpoint and sam.checkpoint in checkpoints.CHECKPOINTS
     assert config.stem in (entry.checkpoint, entry.backend)
@@ -328,7 +334,8 @@ def test_sam_configs_name_registered_variants_and_checkpoints(config):
 def test_all_sam_configs_exist():
     stems = {p.stem for p in (REPO / "configs" / "sam").glob("*.yaml")}
     assert stems == {"sam_vit_b", "sam_vit_l", "sam_vit_h", "samhq_vit_b", "samhq_vit_l", "samhq_vit_h",
-                     "samhq_vit_tiny", "mobile_sam"}
+                     "samhq_vit_tiny", "mobile_sam", "sam2.1_hiera_tiny", "sam2.1_hiera_small",
+                     "sam2.1_hiera_base_plus", "sam2.1_hiera_large"}
 
 
 def test_tiny_sam_test_config_builds_the_shared_model(monkeypatch):

@@ -9,6 +9,11 @@ Backends and variants (default registry checkpoint in brackets):
 - ``custom``: variant ``custom``, a ViT-encoder SAM built from ``segment_anything``'s classes with
   the architecture given in config (:class:`CustomSamArchitecture`; its defaults are the tiny
   SAM of ``shared/vectors/sam-prompting``). It has no registry checkpoint: give ``checkpoint_path``.
+- ``sam2`` (package ``sam2``): SAM 2 / SAM 2.1 image models, variant a named model
+  ``sam2.1_hiera_{tiny,small,base_plus,large}`` [same name] or ``sam2_hiera_*`` (SAM 2.0), or a
+  config of the package with ``checkpoint_path``; ``hydra_overrides`` change its architecture.
+  Built from the package's hydra configs (:mod:`sampt.sam.sam2_backend`), not from this module's
+  architecture dataclasses.
 
 Every variant is described by an architecture dataclass and built from its package's module
 classes (``ImageEncoderViT``/``TinyViT``, ``PromptEncoder``, ``MaskDecoder``/``MaskDecoderHQ``,
@@ -364,11 +369,16 @@ _register_backend("custom", [
 DEFAULT_VARIANTS = {"segment_anything": "vit_b", "segment_anything_hq": "vit_b", "mobile_sam": "vit_t", "custom": "custom"}
 
 
+#: The backend built by :mod:`sampt.sam.sam2_backend` (its variants are SAM 2 model names).
+SAM2_BACKEND = "sam2"
+
+
 def get_sam_variant(backend: str, variant: Optional[str] = None) -> SamVariant:
     """The (backend, variant) entry; ``ValueError`` listing valid names when either is unknown."""
     variants = sam_variants()
     if backend not in variants:
-        raise ValueError(f"unknown SAM backend {backend!r}; valid names: {', '.join(sorted(variants))}")
+        valid = sorted([*variants, SAM2_BACKEND])
+        raise ValueError(f"unknown SAM backend {backend!r}; valid names: {', '.join(valid)}")
     variant = variant if variant is not None else DEFAULT_VARIANTS[backend]
     if variant not in variants[backend]:
         raise ValueError(f"unknown {backend} variant {variant!r}; valid names: {', '.join(variants[backend])}")
@@ -413,6 +423,7 @@ def build_sam(
     hq_token_only: bool = False,
     device: Optional[str] = None,
     random_init: bool = False,
+    hydra_overrides: Optional[list[str]] = None,
 ) -> SamModel:
     """Build a SAM model with its weights, ready for inference (eval mode, no gradients).
 
@@ -425,11 +436,21 @@ def build_sam(
         hq_token_only: HQ-SAM only: return the HQ output mask alone.
         device: where to put the model; None leaves it on CPU (the caller moves it).
         random_init: skip loading weights (benchmarks, smoke tests); excludes the checkpoint options.
+        hydra_overrides: ``sam2`` only: overrides of the package's model config.
 
     Raises:
         ValueError: unknown backend/variant, or options that do not apply to the backend.
         CheckpointError: the weights cannot be found, verified or loaded.
     """
+    if backend == SAM2_BACKEND:
+        from sampt.sam.sam2_backend import build_sam2_model
+
+        if custom is not None or hq_token_only:
+            raise ValueError("sam.custom and sam.hq_token_only do not apply to backend 'sam2' "
+                             "(its architecture is a package config, changed by sam.hydra_overrides)")
+        return build_sam2_model(variant, checkpoint, checkpoint_path, hydra_overrides or (), device, random_init)
+    if hydra_overrides:
+        raise ValueError(f"sam.hydra_overrides only applies to backend 'sam2', not {backend!r}")
     entry = get_sam_variant(backend, variant)
     if custom is not None and backend != "custom":
         raise ValueError(f"sam.custom (an architecture) only applies to backend 'custom', not {backend!r}")
@@ -474,11 +495,17 @@ class SamConfig:
     custom: Optional[CustomSamArchitecture] = None
     hq_token_only: bool = False
     random_init: bool = False
+    hydra_overrides: Optional[list[str]] = None
 
     def required_checkpoints(self) -> list[str]:
         """Registry names of the checkpoints :meth:`build` will resolve (none for explicit paths)."""
         if self.random_init or self.checkpoint_path is not None:
             return []
+        if self.backend == SAM2_BACKEND:
+            from sampt.sam.sam2_backend import DEFAULT_SAM2_MODEL, resolve_model
+
+            name = self.checkpoint or resolve_model(self.variant or DEFAULT_SAM2_MODEL)[1]
+            return [name] if name is not None else []
         name = self.checkpoint if self.checkpoint is not None else get_sam_variant(self.backend, self.variant).checkpoint
         return [name] if name is not None else []
 
@@ -486,5 +513,5 @@ class SamConfig:
         return build_sam(
             backend=self.backend, variant=self.variant, checkpoint=self.checkpoint,
             checkpoint_path=self.checkpoint_path, custom=self.custom, hq_token_only=self.hq_token_only,
-            device=device, random_init=self.random_init,
+            device=device, random_init=self.random_init, hydra_overrides=self.hydra_overrides,
         )

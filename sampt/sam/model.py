@@ -5,6 +5,11 @@ All supported backends (``segment_anything``, ``segment_anything_hq``, ``mobile_
 ``prompt_encoder``, ``mask_decoder``, ``preprocess`` and ``postprocess_masks``. The only
 difference the prompting code must know about is HQ-SAM: its image encoder also returns
 intermediate embeddings and its mask decoder takes them (plus ``hq_token_only``).
+
+The prompting code (:mod:`sampt.sam.prompting`) talks to a handle through five calls:
+``embed_frames``, ``prompt_tokens``, ``mask_embedding``, ``decode`` and ``upscale_logits``
+(plus ``feedback_logits`` for the low-resolution logits it passes back as the next call's mask
+prompt). SAM 2's handle (:class:`sampt.sam.sam2_backend.Sam2Model`) implements the same calls.
 """
 from __future__ import annotations
 
@@ -118,7 +123,54 @@ class SamModel(nn.Module):
         return [ImageEmbedding(encoded[i : i + 1], None, input_size, original_size) for i in range(len(frames))]
 
     def dense_positional_encoding(self) -> torch.Tensor:
-        return self.sam.prompt_encoder.get_dense_pe()
+        return self.prompt_encoder.get_dense_pe()
+
+    #: Whether :meth:`decode` takes prompts of different lengths in one call (padded and masked).
+    #: HQ-SAM's decoder cannot mask its pad tokens: the prompter groups equal lengths instead.
+    @property
+    def pads_prompts(self) -> bool:
+        return not self.hq
+
+    def prompt_tokens(self, coords: torch.Tensor, labels: torch.Tensor, box: Optional[torch.Tensor],
+                      original_size: tuple[int, int], box_in_frame_pixels: bool) -> torch.Tensor:
+        """Sparse prompt tokens ``(n_tokens, C)`` exactly as ``PromptEncoder`` builds them.
+
+        ``coords (n, 2)`` and ``box (4,)`` are in frame pixels; ``box_in_frame_pixels`` gives the
+        box to the encoder unmapped, as SAM-PT does (see :mod:`sampt.sam.prompting`).
+        """
+        device = self.device
+        points = (self.transform.apply_coords_torch(coords.to(device), original_size)[None].float(),
+                  labels.to(device)[None].int())
+        boxes = None
+        if box is not None:
+            boxes = box.to(device)[None]
+            if not box_in_frame_pixels:
+                boxes = self.transform.apply_boxes_torch(boxes, original_size)
+        sparse, _ = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        return sparse[0]
+
+    def decode(self, embedding: ImageEmbedding, tokens: torch.Tensor, valid: Optional[torch.Tensor],
+               dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask-decoder call, single-mask output: ``(B, 1, 4h, 4w)`` low-res logits, ``(B, 1)`` IoU.
+
+        ``tokens (B, n, C)``; ``valid (B, n) bool`` marks real tokens (None: all are); ``dense``
+        the mask prompts' embeddings ``(B, C, h, w)``.
+        """
+        from sampt.sam.masked_decoder import masked_decode
+
+        if self.hq:
+            if valid is not None:
+                raise ValueError("HQ-SAM's decoder takes prompts of one length per call (pads_prompts is False)")
+            return self.mask_decoder(
+                image_embeddings=embedding.features, image_pe=self.dense_positional_encoding(),
+                sparse_prompt_embeddings=tokens, dense_prompt_embeddings=dense, multimask_output=False,
+                hq_token_only=self.hq_token_only, interm_embeddings=embedding.interm_features)
+        return masked_decode(self.mask_decoder, embedding.features, self.dense_positional_encoding(),
+                             tokens, valid, dense)
+
+    def feedback_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """The low-res logits as the next call's mask prompt (``SamPredictor`` passes them as they are)."""
+        return low_res_logits
 
     def upscale_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """``(B, 1, 256, 256)`` low-res logits -> ``(B, 1, H, W)`` logits at the frame's original size."""

@@ -20,7 +20,7 @@ Speed: the frame's image embedding is computed once and shared by all objects, a
 prompts of all objects go through the mask decoder together. Objects have different numbers
 of prompt tokens; padding with SAM's "not a point" label is *not* neutral (pad tokens take part
 in attention), so the batched decoder masks pad tokens out of every attention over tokens,
-which makes each object's result equal to its unpadded call up to float rounding. HQ-SAM's
+which makes each object's result equal to its unpadded call up to float rounding. HQ-SAM's and SAM 2's
 decoder is called per group of objects with equal token counts instead (exact, less batched).
 """
 from __future__ import annotations
@@ -31,7 +31,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sampt.sam.masked_decoder import masked_decode
 from sampt.sam.model import ImageEmbedding, SamModel
 
 
@@ -165,50 +164,27 @@ class SamPrompter:
         self.sam = sam
         self.config = config
 
-    # -- prompt encoding -------------------------------------------------------------------
-    def _sparse_embedding(self, prompt: PointPrompt, box: Optional[torch.Tensor],
-                          embedding: ImageEmbedding) -> torch.Tensor:
-        """Sparse prompt tokens ``(n_tokens, C)`` exactly as ``PromptEncoder`` builds them."""
-        encoder = self.sam.prompt_encoder
-        device = self.sam.device
-        coords = self.sam.transform.apply_coords_torch(prompt.coords.to(device), embedding.original_size)
-        points = (coords[None].float(), prompt.labels.to(device)[None].int())
-        boxes = None
-        if box is not None:
-            boxes = box.to(device)[None]
-            if not self.config.refinement_box_in_frame_pixels:
-                boxes = self.sam.transform.apply_boxes_torch(boxes, embedding.original_size)
-        sparse, _ = encoder(points=points, boxes=boxes, masks=None)
-        return sparse[0]
-
     # -- decoding --------------------------------------------------------------------------
     def _decode(self, embedding: ImageEmbedding, prompts: list[PointPrompt], boxes: Optional[list],
                 mask_inputs: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Decode B prompts on one frame. Returns ``(low_res (B,1,4h,4w), iou (B,), calls)``."""
+        sam = self.sam
         batch = len(prompts)
-        sparse = [self._sparse_embedding(p, None if boxes is None else boxes[i], embedding)
+        sparse = [sam.prompt_tokens(p.coords, p.labels, None if boxes is None else boxes[i],
+                                    embedding.original_size, self.config.refinement_box_in_frame_pixels)
                   for i, p in enumerate(prompts)]
-        image_pe = self.sam.dense_positional_encoding()
         low_res = [None] * batch
         ious = [None] * batch
         calls = 0
         for group in self._groups(sparse):
-            dense = self.sam.mask_embedding(None if mask_inputs is None else mask_inputs[group], len(group))
-            if self.sam.hq:
-                tokens = torch.stack([sparse[i] for i in group])
-                masks, iou = self.sam.mask_decoder(
-                    image_embeddings=embedding.features, image_pe=image_pe, sparse_prompt_embeddings=tokens,
-                    dense_prompt_embeddings=dense, multimask_output=False,
-                    hq_token_only=self.sam.hq_token_only, interm_embeddings=embedding.interm_features)
-            else:
-                longest = max(sparse[i].shape[0] for i in group)
-                tokens = sparse[0].new_zeros(len(group), longest, sparse[0].shape[1])
-                valid = torch.zeros(len(group), longest, dtype=torch.bool, device=tokens.device)
-                for row, i in enumerate(group):
-                    tokens[row, : sparse[i].shape[0]] = sparse[i]
-                    valid[row, : sparse[i].shape[0]] = True
-                masks, iou = masked_decode(self.sam.mask_decoder, embedding.features, image_pe,
-                                            tokens, None if valid.all() else valid, dense)
+            dense = sam.mask_embedding(None if mask_inputs is None else mask_inputs[group], len(group))
+            longest = max(sparse[i].shape[0] for i in group)
+            tokens = sparse[0].new_zeros(len(group), longest, sparse[0].shape[1])
+            valid = torch.zeros(len(group), longest, dtype=torch.bool, device=tokens.device)
+            for row, i in enumerate(group):
+                tokens[row, : sparse[i].shape[0]] = sparse[i]
+                valid[row, : sparse[i].shape[0]] = True
+            masks, iou = sam.decode(embedding, tokens, None if valid.all() else valid, dense)
             calls += 1
             for row, i in enumerate(group):
                 low_res[i], ious[i] = masks[row : row + 1], iou[row, 0]
@@ -217,15 +193,16 @@ class SamPrompter:
     def _groups(self, sparse: list[torch.Tensor]) -> list[list[int]]:
         """Split prompt indices into decoder calls.
 
-        Masked decoding batches everything (up to ``decoder_batch_size``); HQ-SAM batches only
-        prompts with equal token counts; ``batch_prompts=False`` makes one call per prompt.
+        Masked decoding batches everything (up to ``decoder_batch_size``); decoders that cannot
+        mask pad tokens (HQ-SAM, SAM 2) batch only prompts with equal token counts;
+        ``batch_prompts=False`` makes one call per prompt.
         """
         size = self.config.decoder_batch_size
         if size is None:
             size = 64 if self.sam.device.type == "cuda" else 1
         if not self.config.batch_prompts:
             size = 1
-        if self.sam.hq:
+        if not self.sam.pads_prompts:
             by_length: dict[int, list[int]] = {}
             for i, tokens in enumerate(sparse):
                 by_length.setdefault(int(tokens.shape[0]), []).append(i)
@@ -253,7 +230,8 @@ class SamPrompter:
         mask_inputs = None
         if config.negative_points_per_mask > 0:
             positive_prompts = [PointPrompt(p.coords[p.labels == 1], p.labels[p.labels == 1]) for p in object_prompts]
-            mask_inputs, _, n = self._decode(embedding, positive_prompts, None, None)
+            first_low_res, _, n = self._decode(embedding, positive_prompts, None, None)
+            mask_inputs = self.sam.feedback_logits(first_low_res)
             calls += n
         low_res, iou, n = self._decode(embedding, object_prompts, None, mask_inputs)
         calls += n
@@ -267,7 +245,7 @@ class SamPrompter:
                 break
             boxes = [_tight_box(frame_logits[r] > 0) for r in refining]
             new_low_res, new_iou, n = self._decode(embedding, [object_prompts[r] for r in refining], boxes,
-                                                   low_res[refining])
+                                                   self.sam.feedback_logits(low_res[refining]))
             calls += n
             new_logits = self.sam.upscale_logits(new_low_res, embedding)[:, 0]
             index = torch.as_tensor(refining, device=device)
