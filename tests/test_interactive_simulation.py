@@ -198,7 +198,8 @@ def test_sampt_test_runs_the_protocol_on_the_d17_layout(davis2017_sample, tmp_pa
             pictures = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
         assert len(pictures) == len(entry["corrections"]) > 0
         # 854x480 frames at longest side 128: 128x72, and the 22-pixel caption.
-        assert pictures[0].shape == (72 + 22, 128, 3) and pictures[0][:22].mean() < pictures[0][22:].mean()
+        # Enlarged to >= 480 px wide; the caption strip is darker than the picture.
+        assert pictures[0].shape == (4 * 72 + 22, 4 * 128, 3) and pictures[0][:22].mean() < pictures[0][22:].mean()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (events,) = list((out / "tensorboard").rglob("events.out.tfevents.*"))
@@ -233,7 +234,7 @@ def test_correction_picture_shows_the_mask_the_outline_the_point_and_the_caption
              "iou_before": 0.25, "iou_after": 0.5}
     recorded = RecordedCorrection.of(2, entry, mask)
     assert recorded.packed_mask.nbytes == 60 * 80 // 8 and (recorded.mask() == mask).all()
-    image = correction_image(frame, recorded.mask(), truth, 2, entry)
+    image = correction_image(frame, recorded.mask(), truth, 2, entry, min_width=0)
     assert image.shape == (22 + 60, 80, 3)
     picture = image[22:].astype(int)
     green = np.array(davis_palette()[6:9])
@@ -241,3 +242,8 @@ def test_correction_picture_shows_the_mask_the_outline_the_point_and_the_caption
     assert (picture[35, 50] >= 200).all() and (picture[45, 52] == 90).all()   # the outline; inside it, no fill
     assert (picture[45, 60] != 90).any()                                       # the point
     assert image[:22].max() > 100 and caption(2, entry).endswith("add negative  IoU 0.25 -> 0.50")
+    # Small frames are enlarged by a whole factor (80 px -> 6 x 80 = 480 px): same picture, nearest pixels.
+    large = correction_image(frame, recorded.mask(), truth, 2, entry)
+    assert large.shape == (22 + 6 * 60, 6 * 80, 3)
+    assert (large[22 + 6 * 20 + 3, 6 * 25 + 3] == image[22 + 20, 25]).all()
+    assert (large[22 + 6 * 45 + 2, 6 * 60 + 2] != 90).any()  # the point, where it was

@@ -17,6 +17,8 @@ import numpy as np
 from sampt.overlay import render_overlay, write_mp4
 
 _CAPTION_HEIGHT = 22
+#: Pictures narrower than this are enlarged (by a whole factor) so that the caption can be read.
+MIN_WIDTH = 480
 _OUTLINE = (255, 255, 255)
 
 
@@ -46,11 +48,20 @@ def caption(object_id: int, entry: dict[str, Any]) -> str:
 
 
 def correction_image(frame: np.ndarray, mask: np.ndarray, ground_truth: np.ndarray, object_id: int,
-                     entry: dict[str, Any], palette: Optional[Sequence[int]] = None) -> np.ndarray:
-    """``(H + caption, W, 3) uint8``: ``frame (3, H, W) uint8`` annotated with one correction."""
+                     entry: dict[str, Any], palette: Optional[Sequence[int]] = None,
+                     min_width: int = MIN_WIDTH) -> np.ndarray:
+    """``(f*H + caption, f*W, 3) uint8``: ``frame (3, H, W) uint8`` annotated with one correction,
+    enlarged by the smallest whole factor ``f`` that makes it ``min_width`` wide (nearest pixels)."""
+    factor = max(1, -(-min_width // frame.shape[2]))
+    if factor > 1:  # small working resolutions (tests, quick runs): a readable picture and caption
+        frame = frame.repeat(factor, axis=1).repeat(factor, axis=2)
+        mask = mask.repeat(factor, axis=0).repeat(factor, axis=1)
+        ground_truth = ground_truth.repeat(factor, axis=0).repeat(factor, axis=1)
+    # Pixel centres map to the centres of the enlarged pixels.
+    x, y = ((float(entry[key]) + 0.5) * factor - 0.5 for key in ("x", "y"))
     added = entry["action"] == "add"
     image = render_overlay(frame, mask.astype(np.uint8) * np.uint8(object_id), palette,
-                           points=np.array([[[entry["x"], entry["y"]]]]), visible=np.array([[added]]),
+                           points=np.array([[[x, y]]]), visible=np.array([[added]]),
                            num_positive=1 if entry["type"] == "positive" else 0, object_ids=[object_id])
     contours, _ = cv2.findContours(ground_truth.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(image, contours, -1, _OUTLINE, 1, cv2.LINE_AA)
