@@ -65,6 +65,12 @@ def read_run(path: Path, name: Optional[str] = None) -> RunScores:
     return RunScores(name or results.parent.name, results.parent, model, split, scores, objects)
 
 
+def _some_objects(objects, shown: int = 5) -> str:
+    """``seq_1, seq_2, ... (+n more)``: the first few (sequence, object) pairs."""
+    listed = ", ".join(f"{s}_{o}" for s, o in sorted(objects)[:shown])
+    return listed + (f" (+{len(objects) - shown} more)" if len(objects) > shown else "")
+
+
 def check_comparable(runs: Sequence[RunScores]) -> list[str]:
     """What differs between the runs' splits and object sets (empty when they are comparable)."""
     problems = []
@@ -74,14 +80,11 @@ def check_comparable(runs: Sequence[RunScores]) -> list[str]:
             problems.append(f"{run.name} is split {run.split!r}, {first.name} split {first.split!r}")
         missing, extra = first.objects - run.objects, run.objects - first.objects
         if missing or extra:
-            def sample(items):
-                shown = ", ".join(f"{s}_{o}" for s, o in sorted(items)[:5])
-                return shown + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
             parts = []
             if missing:
-                parts.append(f"lacks {len(missing)} of {first.name}'s objects: {sample(missing)}")
+                parts.append(f"lacks {len(missing)} of {first.name}'s objects: {_some_objects(missing)}")
             if extra:
-                parts.append(f"has {len(extra)} objects {first.name} lacks: {sample(extra)}")
+                parts.append(f"has {len(extra)} objects {first.name} lacks: {_some_objects(extra)}")
             problems.append(f"{run.name} " + "; ".join(parts))
     return problems
 

@@ -198,12 +198,12 @@ class AppSession:
         import numpy as np
         from PIL import Image
 
+        from sampt.io.png import davis_palette
+
         index = self.engine.index_mask(t).numpy()
-        rgba = np.zeros(index.shape + (4,), dtype=np.uint8)
-        for object_id in self.engine.object_ids:
-            where = index == object_id
-            rgba[where, :3] = palette_rgb(object_id)
-            rgba[where, 3] = 255
+        # One table lookup per pixel (this runs for every frame a propagation finishes).
+        colours = np.asarray(davis_palette(), dtype=np.uint8).reshape(-1, 3)
+        rgba = np.concatenate([colours[index], np.where(index > 0, 255, 0).astype(np.uint8)[..., None]], axis=-1)
         buffer = io.BytesIO()
         Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()

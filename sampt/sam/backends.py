@@ -442,6 +442,8 @@ def build_sam(
         ValueError: unknown backend/variant, or options that do not apply to the backend.
         CheckpointError: the weights cannot be found, verified or loaded.
     """
+    if random_init and (checkpoint is not None or checkpoint_path is not None):
+        raise ValueError("sam.random_init excludes sam.checkpoint and sam.checkpoint_path")
     if backend == SAM2_BACKEND:
         from sampt.sam.sam2_backend import build_sam2_model
 
@@ -458,8 +460,6 @@ def build_sam(
         custom = CustomSamArchitecture()
     if hq_token_only and not entry.hq:
         raise ValueError(f"sam.hq_token_only only applies to HQ-SAM (backend segment_anything_hq), not {entry.label}")
-    if random_init and (checkpoint is not None or checkpoint_path is not None):
-        raise ValueError("sam.random_init excludes sam.checkpoint and sam.checkpoint_path")
 
     weights = None
     if not random_init:

@@ -242,7 +242,8 @@ DEFAULT_SAM2_MODEL = "sam2.1_hiera_base_plus"
 def build_sam2_model(model: Optional[str] = None, checkpoint: Optional[str] = None,
                      checkpoint_path: Optional[str] = None, hydra_overrides: Sequence[str] = (),
                      device: Optional[str] = None, random_init: bool = False) -> Sam2Model:
-    """A SAM 2 image model for SAM-PT's prompting, with its weights (``backend: sam2``).
+    """A SAM 2 image model for SAM-PT's prompting, with its weights (``backend: sam2``; called by
+    :func:`sampt.sam.backends.build_sam`, which checks the options common to every backend).
 
     Args:
         model: a named model (:data:`SAM2_MODELS`) or a config of the installed package;
@@ -257,8 +258,6 @@ def build_sam2_model(model: Optional[str] = None, checkpoint: Optional[str] = No
 
     model = model if model is not None else DEFAULT_SAM2_MODEL
     config, registry_name = resolve_model(model)
-    if random_init and (checkpoint is not None or checkpoint_path is not None):
-        raise ValueError("sam.random_init excludes sam.checkpoint and sam.checkpoint_path")
     weights = None
     if not random_init:
         name = checkpoint if checkpoint is not None else registry_name
