@@ -5,9 +5,10 @@ Inputs:
 * ``frames``: a folder of images (``.jpg .jpeg .png .bmp .tif .tiff .webp``, natural sort so
   that ``10.png`` comes after ``2.png``) or a video file (anything PyAV / FFmpeg decodes: mp4,
   mov, avi, webm, ...). ``frame_stride`` keeps every n-th frame, then ``max_frames`` the first
-  frames. A video is decoded lazily, when the item is loaded, straight into one preallocated
-  ``uint8`` tensor (frame by frame, resized on the fly), so it is never held in memory twice.
-  Frames of a video are named by their index in the file: ``00000``, ``00001``, ...
+  frames. A clip is read when the item is loaded: into one ``uint8`` tensor when its input
+  frames fit in ``stream_frames_above_mib``, else as a streaming ``sampt.frames`` source (see
+  ``sampt.frames``: memory then does not grow with the clip's length). Frames of a video are
+  named by their index in the file: ``00000``, ``00001``, ...
 * exactly one of
   - ``query_masks``: a folder of index PNGs named like the frames (``<frame name>.png``; palette
     PNGs with object ids, or 0/255 grayscale for one object). Objects are defined where they
@@ -34,7 +35,9 @@ from sampt.errors import DatasetLayoutError, InputFormatError
 from sampt.video import ObjectQuery, VideoItem, davis_palette
 
 from .base import VideoDataModule, VideoDataset
-from .io import longest_side_shape, resize_rgb
+from sampt.frames import FrameSource, ImageFilesFrames, TensorFrames, VideoFileFrames
+
+from .io import image_size, longest_side_shape
 from .ytvos import (SparseAnnotations, check_positive_options, first_appearance_queries, read_frames_resized,
                     read_sparse_annotations)
 
@@ -166,17 +169,9 @@ def list_image_files(directory: Path) -> list[Path]:
 
 
 def _open_video(path: Path):
-    import av  # heavy import; only for video files
+    from sampt.frames import open_video
 
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise InputFormatError(f"cannot open {path} as a video ({exc}); expected a folder of frames or a "
-                               f"video file that FFmpeg decodes (mp4, mov, avi, webm, ...)") from exc
-    if not container.streams.video:
-        container.close()
-        raise InputFormatError(f"{path} has no video stream")
-    return container
+    return open_video(path)
 
 
 def count_video_frames(path: Path) -> int:
@@ -193,54 +188,19 @@ def count_video_frames(path: Path) -> int:
 
 def read_video_file(path: Path, longest_size: Optional[int], frame_stride: int = 1,
                     max_frames: Optional[int] = None) -> tuple[torch.Tensor, list[int], tuple[int, int]]:
-    """Decode every ``frame_stride``-th frame (at most ``max_frames``) into one preallocated tensor.
-
-    Each decoded frame is resized (``io.resize_rgb``, longest side ``longest_size``) and copied
-    into its slot, so memory holds the output tensor plus one decoded frame.
+    """Decode every ``frame_stride``-th frame (at most ``max_frames``) into one tensor, with
+    ``sampt.frames.VideoFileFrames`` decoding on demand (one sequential pass, no cache).
 
     Returns:
         ``(frames (T, 3, H', W') uint8, source frame indices (T,), original size (H, W))``.
     """
-    expected = count_video_frames(path)
-    capacity = max(1, math.ceil(expected / frame_stride))
-    if max_frames is not None:
-        capacity = min(capacity, max_frames)
-    container = _open_video(path)
+    from sampt.frames import VideoFileFrames
+
+    source = VideoFileFrames(path, longest_size, frame_stride, max_frames, use_cache=False)
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        frames: Optional[torch.Tensor] = None
-        source_indices: list[int] = []
-        original_size: Optional[tuple[int, int]] = None
-        input_size: Optional[tuple[int, int]] = None
-        for index, decoded in enumerate(container.decode(stream)):
-            if max_frames is not None and len(source_indices) >= max_frames:
-                break  # do not decode the rest of a long video
-            if index % frame_stride:
-                continue
-            rgb = torch.from_numpy(decoded.to_ndarray(format="rgb24")).permute(2, 0, 1)
-            if original_size is None:
-                original_size = (int(rgb.shape[1]), int(rgb.shape[2]))
-                input_size = longest_side_shape(original_size[0], original_size[1], longest_size)
-                frames = torch.empty((capacity, 3) + input_size, dtype=torch.uint8)
-            elif tuple(rgb.shape[1:]) != original_size:
-                raise InputFormatError(f"{path}: frame {index} is {tuple(rgb.shape[1:])} (H, W), frame 0 is "
-                                       f"{original_size}; variable frame sizes are not supported")
-            slot = len(source_indices)
-            if slot == frames.shape[0]:
-                # The container under-reported its frame count: grow (rare; one extra copy).
-                frames = torch.cat([frames, torch.empty_like(frames)])
-            frames[slot] = resize_rgb(rgb, input_size)
-            source_indices.append(index)
-    except InputFormatError:
-        raise
-    except Exception as exc:  # FFmpeg decode errors come in many classes
-        raise InputFormatError(f"cannot decode video {path}: {exc}") from exc
+        return source.to_tensor(), list(source.source_indices), source.original_size
     finally:
-        container.close()
-    if frames is None:
-        raise InputFormatError(f"video {path} has no decodable frame")
-    return frames[:len(source_indices)], source_indices, original_size
+        source.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,6 +223,10 @@ class GenericSource:
     frame_stride: int
     max_frames: Optional[int]
     sequence_name: str
+    stream_frames_above_mib: Optional[float] = None
+    frame_cache_dir: Optional[str] = None
+    decode_cache: bool = True
+    chunk_frames: int = 32
 
 
 class GenericDataset(VideoDataset):
@@ -285,25 +249,47 @@ class GenericDataset(VideoDataset):
     def video_names(self) -> list[str]:
         return [self.source.sequence_name]
 
-    def _read_frames(self) -> tuple[torch.Tensor, list[str], list[int], tuple[int, int]]:
+    def _streams(self, num_frames: int, input_size: tuple[int, int]) -> bool:
+        limit = self.source.stream_frames_above_mib
+        return limit is not None and num_frames * 3 * input_size[0] * input_size[1] > limit * 2**20
+
+    def _read_frames(self) -> tuple[FrameSource, list[str], list[int], tuple[int, int]]:
+        """The frames (in memory, or a streaming source when larger than
+        ``stream_frames_above_mib``), their names, source indices and the original size."""
         source = self.source
         if self.frame_paths is not None:
             indices = list(range(0, len(self.frame_paths), source.frame_stride))
             if source.max_frames is not None:
                 indices = indices[:source.max_frames]
             paths = [self.frame_paths[i] for i in indices]
-            frames, original_size = read_frames_resized(paths, source.longest_size, error=InputFormatError)
+            original_size = image_size(paths[0], InputFormatError)
+            input_size = longest_side_shape(original_size[0], original_size[1], source.longest_size)
+            if self._streams(len(paths), input_size):
+                frames: FrameSource = ImageFilesFrames(paths, input_size, original_size, InputFormatError,
+                                                       source.chunk_frames)
+            else:
+                tensor, original_size = read_frames_resized(paths, source.longest_size, error=InputFormatError)
+                frames = TensorFrames(tensor, f"frames of {source.frames}")
             return frames, [p.stem for p in paths], indices, original_size
-        frames, indices, original_size = read_video_file(Path(source.frames), source.longest_size,
-                                                         source.frame_stride, source.max_frames)
-        return frames, [f"{i:05d}" for i in indices], indices, original_size
+        video = VideoFileFrames(source.frames, source.longest_size, source.frame_stride, source.max_frames,
+                                cache_dir=source.frame_cache_dir, use_cache=source.decode_cache,
+                                chunk_frames=source.chunk_frames)
+        if not self._streams(video.num_frames, video.size):
+            video.use_cache = False  # decoded once, straight into memory
+            try:
+                frames = TensorFrames(video.to_tensor(), f"frames of {source.frames}")
+            finally:
+                video.close()
+        else:
+            frames = video
+        return frames, [f"{i:05d}" for i in video.source_indices], list(video.source_indices), video.original_size
 
     def load(self, index: int) -> VideoItem:
         if index != 0:
             raise IndexError(index)
         source = self.source
         frames, frame_names, source_indices, original_size = self._read_frames()
-        input_size = (int(frames.shape[-2]), int(frames.shape[-1]))
+        input_size = frames.size
         palette: Optional[list[int]] = None
         if self.point_lines is not None:
             objects = self._point_queries(source_indices, original_size, input_size)
@@ -404,14 +390,27 @@ class Generic(VideoDataModule):
         max_frames: keep at most this many frames (after the stride).
         name: sequence name (output folder); default: the folder name or the video file's stem.
         num_workers: DataLoader worker processes.
+        stream_frames_above_mib: a clip whose input frames take more than this many MiB (T x 3 x
+            H x W bytes at input size) is not read into memory: it is streamed from its files
+            (a folder: each image decoded when read; a video: decoded once into the disk cache),
+            and its masks are written frame by frame. 0 streams every clip, null none.
+        frame_cache_dir: where a streamed video file is decoded to (raw uint8 frames, reused by
+            later runs while the file and the options are unchanged); default
+            ``$SAMPT_CACHE/frames`` (``~/.cache/sampt/frames``).
+        decode_cache: False decodes a streamed video on demand instead (no disk use, slower:
+            each chunk seeks to a keyframe). Also the fallback when the cache cannot be written.
+        chunk_frames: frames a streamed source keeps decoded between reads.
     """
 
     def __init__(self, frames: str, query_masks: Optional[str] = None, query_points: Optional[str] = None,
                  longest_size: Optional[int] = 1024, frame_stride: int = 1, max_frames: Optional[int] = None,
-                 name: Optional[str] = None, num_workers: int = 0):
+                 name: Optional[str] = None, num_workers: int = 0, stream_frames_above_mib: Optional[float] = 2048,
+                 frame_cache_dir: Optional[str] = None, decode_cache: bool = True, chunk_frames: int = 32):
         super().__init__(num_workers=num_workers, max_videos=None, max_frames=max_frames)
         check_positive_options("generic", longest_size=longest_size, frame_stride=frame_stride,
-                               max_frames=max_frames)
+                               max_frames=max_frames, chunk_frames=chunk_frames)
+        if stream_frames_above_mib is not None and not stream_frames_above_mib >= 0:
+            raise ValueError(f"generic: stream_frames_above_mib must be >= 0 MiB or null, got {stream_frames_above_mib!r}")
         if (query_masks is None) == (query_points is None):
             raise ValueError("generic: give exactly one of query_masks (a folder of index PNGs) and query_points "
                              f"(a query-points file); got query_masks={query_masks!r}, query_points={query_points!r}")
@@ -422,6 +421,10 @@ class Generic(VideoDataModule):
         self.query_points = query_points
         self.longest_size = longest_size
         self.frame_stride = frame_stride
+        self.stream_frames_above_mib = stream_frames_above_mib
+        self.frame_cache_dir = frame_cache_dir
+        self.decode_cache = decode_cache
+        self.chunk_frames = chunk_frames
         self.sequence_name_option = name  # not ``self.name``: LightningDataModule uses that attribute
         self.save_hyperparameters()
 
@@ -456,7 +459,9 @@ class Generic(VideoDataModule):
         elif not Path(self.query_masks).expanduser().is_dir():
             raise DatasetLayoutError(f"generic: query_masks {self.query_masks} is not a folder of index PNGs")
         options = GenericSource(str(source), _expand(self.query_masks), _expand(self.query_points),
-                                self.longest_size, self.frame_stride, self.max_frames, self.sequence_name)
+                                self.longest_size, self.frame_stride, self.max_frames, self.sequence_name,
+                                self.stream_frames_above_mib, _expand(self.frame_cache_dir), self.decode_cache,
+                                self.chunk_frames)
         return GenericDataset(options, frame_paths, num_positive, lines)
 
     def video_lengths(self) -> Optional[Sequence[int]]:

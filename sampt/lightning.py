@@ -23,10 +23,55 @@ from sampt.lightning_base import OutputOptions, VideoModule, say
 from sampt.methods.base import MethodResult, VosMethod
 from sampt.video import VideoItem, davis_palette
 from sampt.errors import SamptError
-from sampt.writers import (atomic_open, completed_sequence, write_object_pngs, write_sequence_pngs,
-                           zip_annotations, zip_sequences)
+from sampt.writers import SequenceWriter, atomic_open, completed_sequence, zip_annotations, zip_sequences
 
 log = logging.getLogger(__name__)
+
+
+def strip_indices(num_frames: int, max_frames: int = 8) -> list[int]:
+    """The frames an overlay strip shows (``overlay.overlay_strip``'s choice)."""
+    from sampt.overlay import strip_frame_indices
+
+    return strip_frame_indices(num_frames, max_frames)
+
+
+class OutputSizeFrames:
+    """A frame source's frames upscaled to the output size when indexed (for overlays)."""
+
+    def __init__(self, frames, size: tuple[int, int]):
+        self.frames, self.size = frames, size
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, t: int) -> torch.Tensor:
+        from sampt.datamodules.io import resize_rgb
+
+        return resize_rgb(self.frames[t], self.size)
+
+
+def _mib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:,.0f} MiB" if num_bytes < 2**30 else f"{num_bytes / 2**30:,.1f} GiB"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """One line: how the frames are read, where they are cached, whether the tracker streams,
+    and the expected peak memory beyond the models."""
+    source, method = plan["source"], plan["method"]
+    parts = [f"{source['frames']} frames {source['size'][1]}x{source['size'][0]}"]
+    if source["kind"] == "TensorFrames":
+        parts.append(f"held in memory ({_mib(source['memory_bytes'])})")
+    elif source.get("cache"):
+        parts.append(f"from {source.get('file')}, decoded once into {source['cache']} "
+                     f"({_mib(source['cache_disk_bytes'])} on disk)")
+    else:
+        parts.append(f"read from {source.get('file', 'image files')}, decoded {source.get('decoding', 'per frame')}")
+    if method:
+        how = "streams the frames" if method.get("tracker_streams") else "reads the whole video"
+        parts.append(f"tracker {method['tracker']} {how} ({_mib(method.get('tracker_bytes', 0))})")
+    parts.append("masks kept in memory" if plan["keep_masks"] else "masks written frame by frame")
+    parts.append(f"expected peak beyond the models ~{_mib(plan['expected_peak_bytes'])}")
+    return "plan: " + "; ".join(parts)
 
 #: What a rerun does with a video an earlier run finished with another configuration.
 STALE_RESULT_ACTIONS = ("recompute", "error")
@@ -140,10 +185,27 @@ class VosModule(VideoModule):
                 return None, None
 
         object_ids = [o.object_id for o in video.objects]
-        index_masks = torch.zeros((video.num_frames, *video.output_size), dtype=torch.uint8)
-        bar = None
-        if video.num_frames >= self.outputs.frame_progress_min_frames:
-            bar = tqdm(total=video.num_frames, desc=f"{video.name} frames", leave=False, unit="frame")
+        # Short clips keep their masks (J&F, overlays); a streamed video writes each frame's PNG
+        # as it comes and keeps only the few frames an overlay strip shows.
+        keep_masks = video.frames.in_memory or video.ground_truth is not None
+        index_masks = torch.zeros((video.num_frames, *video.output_size), dtype=torch.uint8) if keep_masks else None
+        strip_frames = set(strip_indices(video.num_frames)) if self._videos_seen < self.outputs.num_visualized_videos \
+            else set()
+        self._strip_masks = {}
+        say(f"sampt: {video.name}: {format_plan(self.video_plan(video, keep_masks))}")
+        video.frames.prepare()  # a video file is decoded into its cache here (with its own progress bar)
+        writer = SequenceWriter(self.output_dir, video.name, video.frame_names, video.palette or davis_palette(),
+                                video.save_frames, object_ids if self.outputs.save_object_pngs else None)
+        bars: dict[str, tqdm] = {}
+        show_bars = video.num_frames >= self.outputs.frame_progress_min_frames
+
+        def advance(stage: str, steps: int, total: int) -> None:
+            if not show_bars:
+                return
+            if stage not in bars:
+                bars[stage] = tqdm(total=total, desc=f"{video.name} {stage}", leave=False, unit="frame")
+            bars[stage].update(steps)
+
         started = time.perf_counter()
         merger: Optional[VosMerger] = None
 
@@ -153,24 +215,29 @@ class VosModule(VideoModule):
                                [o.output_mask for o in video.objects])
 
         def on_frame(output) -> None:
-            index_masks[output.t] = merger(output.t, output.logits).cpu()
+            mask = merger(output.t, output.logits).cpu()
+            writer.write(output.t, mask.numpy())
+            if index_masks is not None:
+                index_masks[output.t] = mask
+            elif output.t in strip_frames:
+                self._strip_masks[output.t] = mask
 
         try:
-            result = self.method.run(video, on_frame, on_queries,
-                                       progress=(lambda t: bar.update(1)) if bar else None)
+            result = self.method.run(
+                video, on_frame, on_queries,
+                progress=lambda t: advance("segmenting", 1, video.num_frames),
+                tracking_progress=lambda steps, total: advance("tracking", steps, total))
         finally:
-            if bar is not None:
+            for bar in bars.values():
                 bar.close()
+            video.frames.close()
         elapsed = time.perf_counter() - started
         self._frames_processed += video.num_frames
         self._seconds_processed += elapsed
         self._add_stage_seconds(result.timings)
 
-        if self.outputs.save_object_pngs:
-            write_object_pngs(self.output_dir, video.name, video.frame_names, index_masks.numpy(), object_ids)
-        # Written last: its completion marker tells a rerun that this video is done.
-        write_sequence_pngs(self.output_dir, video.name, video.frame_names, index_masks.numpy(),
-                            video.palette or davis_palette(), video.save_frames, determined_by=determined_by)
+        # Written last: the completion marker tells a rerun that this video is done.
+        writer.finish(determined_by)
         self._resume_counts["computed"] += 1
         self._save_tracks(video, result.trajectories, result.visibilities, result.reasons, object_ids)
         if result.extras:
@@ -179,29 +246,49 @@ class VosModule(VideoModule):
                 log.info("%s: wrote %s", video.name, path)
         return index_masks, result
 
-    def _visualize(self, video: VideoItem, index_masks: torch.Tensor, result: Optional[MethodResult]) -> None:
-        if result is None or index_masks is None or self._videos_seen >= self.outputs.num_visualized_videos:
+    def video_plan(self, video: VideoItem, keep_masks: bool) -> dict[str, Any]:
+        """How ``video`` will be read and what it will hold (see :func:`format_plan`)."""
+        output_h, output_w = video.output_size
+        source = video.frames.plan()
+        method = self.method.memory_plan(video)
+        parts = {
+            "frames": source.get("memory_bytes", 0),
+            "masks": video.num_frames * output_h * output_w if keep_masks else 0,
+            # the merge's float logits of one frame, and its upscaled copy
+            "frame_logits": 2 * max(1, len(video.objects)) * output_h * output_w * 4,
+            **{k: v for k, v in method.items() if k.endswith("_bytes")},
+        }
+        return {"source": source, "method": method, "keep_masks": keep_masks, "bytes": parts,
+                "expected_peak_bytes": sum(parts.values())}
+
+    def _visualize(self, video: VideoItem, index_masks: Optional[torch.Tensor], result: Optional[MethodResult]) -> None:
+        if result is None or self._videos_seen >= self.outputs.num_visualized_videos:
+            return
+        if index_masks is None:
+            index_masks = getattr(self, "_strip_masks", {})
+        if not len(index_masks):
             return
         from sampt.overlay import overlay_strip, render_overlay_video, write_gif, write_mp4, write_png
 
-        from sampt.datamodules.io import resize_rgb
-
         # Overlays are drawn at the frame (output) size, where the masks and trajectories are:
-        # the model's input frames are upscaled to it when they were resized for the model.
-        frames = torch.stack([resize_rgb(frame, tuple(video.output_size)) for frame in video.frames.cpu()])
+        # the model's input frames are upscaled to it (frame by frame, when drawn).
+        frames = OutputSizeFrames(video.frames, tuple(video.output_size))
         trajectories = result.trajectories.numpy()
         palette = video.palette or davis_palette()
         num_positive = result.queries.num_positive
         object_ids = [o.object_id for o in video.objects]
-        strip = overlay_strip(frames, index_masks.numpy(), palette, trajectories,
-                              result.visibilities.numpy(), result.reasons.numpy(),
+        strip = overlay_strip(frames, index_masks if isinstance(index_masks, dict) else index_masks.numpy(), palette,
+                              trajectories, result.visibilities.numpy(), result.reasons.numpy(),
                               num_positive=num_positive, object_ids=object_ids)
         folder = self.output_dir.parent / "overlays"
         write_png(folder / f"{video.name}.png", strip)
         experiment = self._experiment()
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
-        if self.outputs.write_overlay_gif or self.outputs.write_overlay_mp4:
+        if (self.outputs.write_overlay_gif or self.outputs.write_overlay_mp4) and isinstance(index_masks, dict):
+            say(f"sampt: {video.name}: no overlay gif/mp4 (the video is streamed from disk and its masks were not "
+                f"kept; they are in {self.output_dir / video.name})")
+        elif self.outputs.write_overlay_gif or self.outputs.write_overlay_mp4:
             images = render_overlay_video(frames, index_masks.numpy(), palette, trajectories,
                                           result.visibilities.numpy(), result.reasons.numpy(),
                                           num_positive=num_positive, object_ids=object_ids)

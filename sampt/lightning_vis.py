@@ -211,7 +211,7 @@ class SamPtVisModule(VideoModule):
         for i in range(min(len(proposals), 255)):
             proposal_map[proposals[i]] = i + 1
         # A one-frame strip: the same display height as the tracks' strip.
-        proposal_image = overlay_strip(video.frames[:1].cpu(), proposal_map[None].numpy(), palette, max_frames=1)
+        proposal_image = overlay_strip(video.frames[:1], proposal_map[None].numpy(), palette, max_frames=1)
         trajectories = visibilities = reasons = None
         num_positive = None
         results = extra["results"]
@@ -221,7 +221,7 @@ class SamPtVisModule(VideoModule):
             visibilities = torch.cat([r.visibilities for r in results], 1).numpy()
             reasons = torch.cat([r.reasons for r in results], 1).numpy()
             num_positive = results[0].queries.num_positive
-        strip = overlay_strip(video.frames.cpu(), extra["index_masks"].numpy(), palette, trajectories, visibilities,
+        strip = overlay_strip(video.frames, extra["index_masks"].numpy(), palette, trajectories, visibilities,
                               reasons, num_positive=num_positive)
         folder = self.output_dir.parent / "overlays"
         write_png(folder / f"{video.name}_proposals.png", proposal_image)

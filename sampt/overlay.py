@@ -235,6 +235,11 @@ def render_overlay_video(
     return images
 
 
+def strip_frame_indices(num_frames: int, max_frames: int = 8) -> list[int]:
+    """The up to ``max_frames`` evenly spaced frames :func:`overlay_strip` shows."""
+    return sorted({int(round(i)) for i in np.linspace(0, num_frames - 1, min(max_frames, num_frames))})
+
+
 def overlay_strip(
     frames: Union[ArrayLike, Sequence[ArrayLike]],
     index_masks: Optional[ArrayLike],
@@ -256,7 +261,7 @@ def overlay_strip(
         raise ValueError("overlay_strip needs at least one frame")
     if max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    indices = sorted({int(round(i)) for i in np.linspace(0, num_frames - 1, min(max_frames, num_frames))})
+    indices = strip_frame_indices(num_frames, max_frames)
     if height is not None and kwargs.get("point_radius") is None:
         # Size markers for the tile, not the full frame, so they stay visible after shrinking.
         frame_height, frame_width = (int(s) for s in frames[0].shape[-2:])

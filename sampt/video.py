@@ -1,16 +1,18 @@
 """The per-video data that flows from the data modules through the pipeline to the writers.
 
 Everything here is explicit per-video state: modules hold no video state of their own.
-Conventions: frames are ``(T, 3, H, W) uint8`` RGB at the *input* resolution; points are
+Conventions: frames are a ``sampt.frames.FrameSource`` of ``(3, H, W) uint8`` RGB frames at the
+*input* resolution (read on demand; a tensor given instead is wrapped); points are
 ``(x, y)`` pixels of the frames they refer to; queries are ``(t, x, y)``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from sampt.frames import FrameSource, as_frame_source
 from sampt.io.png import davis_palette  # noqa: F401  (re-exported: the palette lives with the PNG rule)
 
 
@@ -45,7 +47,8 @@ class VideoItem:
 
     Attributes:
         name: sequence name (unique within the dataset split).
-        frames: ``(T, 3, H, W) uint8`` RGB frames at input resolution.
+        frames: the T RGB frames at input resolution, a ``FrameSource`` (``frames[a:b]`` gives
+            ``(b - a, 3, H, W) uint8``); a ``(T, 3, H, W) uint8`` tensor is wrapped in ``TensorFrames``.
         frame_names: file stems of the T frames (used for output file names).
         objects: the objects to segment.
         output_size: ``(h, w)`` of predictions (evaluation / saving resolution).
@@ -56,7 +59,7 @@ class VideoItem:
     """
 
     name: str
-    frames: torch.Tensor
+    frames: Union[FrameSource, torch.Tensor]
     frame_names: Sequence[str]
     objects: list[ObjectQuery]
     output_size: tuple[int, int]
@@ -65,7 +68,10 @@ class VideoItem:
     save_frames: Optional[Sequence[str]] = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.frames = as_frame_source(self.frames)
+
     @property
     def num_frames(self) -> int:
-        return int(self.frames.shape[0])
+        return self.frames.num_frames
 

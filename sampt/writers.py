@@ -64,6 +64,69 @@ def _frames_to_write(frame_names: Sequence[str], save_frames: Optional[Sequence[
     return sorted({position[name] for name in save_frames})
 
 
+class SequenceWriter:
+    """Writes one sequence's index PNGs as frames arrive, then its completion marker.
+
+    Opening it deletes a marker left by an earlier run (it must not vouch for frames this run
+    is about to rewrite); :meth:`write` writes frame ``t``'s PNG at once (atomically), so a
+    long video never holds its masks in memory; :meth:`finish` writes the marker, after the
+    last PNG. A run that stops partway leaves the PNGs it wrote and no marker: a rerun
+    recomputes the sequence.
+
+    Args:
+        frame_names: the T frame stems, in video order.
+        palette: flat palette list; None = the DAVIS palette.
+        save_frames: optional subset of ``frame_names`` to write (YouTube-VOS writes only the
+            frames listed in meta.json); None = all frames.
+        object_ids: also write per-object binary PNGs ``<sequence>/<id>/<frame>.png`` for these.
+    """
+
+    def __init__(self, out_dir: PathLike, sequence: str, frame_names: Sequence[str],
+                 palette: Optional[Sequence[int]] = None, save_frames: Optional[Sequence[str]] = None,
+                 object_ids: Optional[Sequence[int]] = None):
+        self.out_dir, self.sequence, self.frame_names = Path(out_dir), sequence, list(frame_names)
+        self.palette = _check_palette(palette)
+        self.indices = _frames_to_write(self.frame_names, save_frames, sequence)
+        self._pending = set(self.indices)
+        self.object_ids = list(object_ids or [])
+        self.written: dict[int, Path] = {}
+        with contextlib.suppress(FileNotFoundError):
+            _marker_path(out_dir, sequence).unlink()
+
+    def write(self, t: int, index_mask: ArrayLike) -> None:
+        """Frame ``t``'s ``(h, w) uint8`` index mask (frames not to be saved are ignored)."""
+        if t not in self._pending:
+            return
+        mask = _to_numpy(index_mask)
+        if mask.ndim != 2 or mask.dtype != np.uint8:
+            raise ValueError(f"an index mask must be (h, w) uint8, got shape {mask.shape} dtype {mask.dtype}")
+        name = self.frame_names[t]
+        for object_id in self.object_ids:
+            write_binary_png(self.out_dir / self.sequence / str(int(object_id)) / f"{name}.png",
+                             mask == int(object_id))
+        path = self.out_dir / self.sequence / f"{name}.png"
+        write_index_png(path, mask, self.palette)
+        self.written[t] = path
+        self._pending.discard(t)
+
+    def finish(self, determined_by: Optional[dict] = None) -> list[Path]:
+        """Write the completion marker (with ``determined_by`` and its fingerprint, so that a
+        later run reuses the masks only when that is unchanged); every frame must be written."""
+        if self._pending:
+            missing = [self.frame_names[t] for t in sorted(self._pending)]
+            raise ValueError(f"sequence {self.sequence!r}: {len(missing)} frames were never written "
+                             f"(first: {missing[0]})")
+        manifest: dict = {"sequence": self.sequence, "frames": [self.frame_names[i] for i in self.indices]}
+        if determined_by is not None:
+            from sampt.fingerprint import canonical, fingerprint
+
+            manifest["fingerprint"] = fingerprint(determined_by)
+            manifest["determined_by"] = canonical(determined_by)
+        with atomic_open(_marker_path(self.out_dir, self.sequence), "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle)
+        return [self.written[t] for t in sorted(self.written)]
+
+
 def write_sequence_pngs(
     out_dir: PathLike,
     sequence: str,
@@ -73,18 +136,13 @@ def write_sequence_pngs(
     save_frames: Optional[Sequence[str]] = None,
     determined_by: Optional[dict] = None,
 ) -> list[Path]:
-    """Write ``<out_dir>/<sequence>/<frame>.png`` index PNGs, then the completion marker.
-
-    The marker lists the frames written and, when given, ``determined_by``: the description of
-    everything the masks depend on and its fingerprint (``sampt.fingerprint``), so that a later
-    run reuses them only when that is unchanged.
+    """Write ``<out_dir>/<sequence>/<frame>.png`` index PNGs, then the completion marker
+    (:class:`SequenceWriter` for masks held whole).
 
     Args:
         frame_names: the T frame stems, in video order.
         index_masks: ``(T, h, w) uint8`` index masks (the dataset's object ids).
-        palette: flat palette list; None = the DAVIS palette.
-        save_frames: optional subset of ``frame_names`` to write (YouTube-VOS writes only the
-            frames listed in meta.json); None = all frames.
+        palette / save_frames / determined_by: as for :class:`SequenceWriter`.
 
     Returns the paths written, in frame order.
     """
@@ -93,26 +151,10 @@ def write_sequence_pngs(
         raise ValueError(f"index_masks must be (T, h, w) uint8, got shape {masks.shape} dtype {masks.dtype}")
     if masks.shape[0] != len(frame_names):
         raise ValueError(f"{masks.shape[0]} masks but {len(frame_names)} frame names for sequence {sequence!r}")
-    palette = _check_palette(palette)
-    marker = _marker_path(out_dir, sequence)
-    # A marker from an earlier run must not vouch for frames this run is about to rewrite.
-    with contextlib.suppress(FileNotFoundError):
-        marker.unlink()
-    written = []
-    indices = _frames_to_write(frame_names, save_frames, sequence)
-    for index in indices:
-        path = Path(out_dir) / sequence / f"{frame_names[index]}.png"
-        write_index_png(path, masks[index], palette)
-        written.append(path)
-    manifest: dict = {"sequence": sequence, "frames": [frame_names[i] for i in indices]}
-    if determined_by is not None:
-        from sampt.fingerprint import canonical, fingerprint
-
-        manifest["fingerprint"] = fingerprint(determined_by)
-        manifest["determined_by"] = canonical(determined_by)
-    with atomic_open(marker, "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle)
-    return written
+    writer = SequenceWriter(out_dir, sequence, frame_names, palette, save_frames)
+    for index in writer.indices:
+        writer.write(index, masks[index])
+    return writer.finish(determined_by)
 
 
 def completed_sequence(out_dir: PathLike, sequence: str, expected_frames: Sequence[str]) -> Optional[dict]:

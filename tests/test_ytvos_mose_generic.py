@@ -84,7 +84,7 @@ def test_y18_frames_are_all_frames_at_original_size(ytvos_root):
     item = Y18(str(root), longest_size=None, vid_ids=["vidA"]).dataset[0]
     assert item.frames.shape == (12, 3, HEIGHT, WIDTH)
     original = torch.from_numpy(videos["vidA"]["frames"]).permute(0, 3, 1, 2).float()
-    assert (item.frames.float() - original).abs().mean() < 4  # JPEG round trip
+    assert (item.frames.to_tensor().float() - original).abs().mean() < 4  # JPEG round trip
     # The query mask at input size is the annotation itself when nothing is resized.
     np.testing.assert_array_equal(item.objects[1].mask.numpy(), videos["vidA"]["masks"][5] == 5)
 
@@ -245,7 +245,7 @@ def test_generic_folder_with_masks(tmp_path):
 
     # PNG frames are lossless: at original size the frames are exactly the written ones, in order.
     full = Generic(str(tmp_path / "clip"), query_masks=str(tmp_path / "masks"), longest_size=None).dataset[0]
-    np.testing.assert_array_equal(full.frames.permute(0, 2, 3, 1).numpy(), frames)
+    np.testing.assert_array_equal(full.frames.to_tensor().permute(0, 2, 3, 1).numpy(), frames)
 
     # Stride 2: frames 0, 2, 4, ...; the mask of frame 2 is now frame index 1.
     strided = Generic(str(tmp_path / "clip"), query_masks=str(tmp_path / "masks"), frame_stride=2, max_frames=3,
@@ -323,7 +323,7 @@ def test_generic_video_file_stride_and_max_frames(tmp_path):
     assert item.meta["source_frame_indices"] == [0, 2, 4]
     assert item.frames.shape == (3, 3, 20, 32)
     assert item.output_size == (40, 64)
-    means = item.frames.float().mean(dim=(1, 2, 3))
+    means = item.frames.to_tensor().float().mean(dim=(1, 2, 3))
     torch.testing.assert_close(means, torch.tensor([0.0, 40.0, 80.0]), atol=4.0, rtol=0)
     assert item.objects[0].query_frame == 2
     torch.testing.assert_close(item.objects[0].points, torch.tensor([[16.0, 10.0]]))

@@ -83,12 +83,19 @@ class VosMethod(nn.Module, ABC):
     @abstractmethod
     def run(self, video: VideoItem, on_frame: Callable[[FrameOutput], None],
             on_queries: Optional[Callable[[Any], None]] = None,
-            progress: Optional[Callable[[int], None]] = None) -> MethodResult:
+            progress: Optional[Callable[[int], None]] = None,
+            tracking_progress: Optional[Callable[[int, int], None]] = None) -> MethodResult:
         """Segment ``video``'s objects, calling ``on_frame`` for frames 0..T-1 in order.
 
         ``on_queries`` receives the queries (with ``query_frames`` and ``query_masks`` at input
-        resolution) before the first frame; ``progress`` the index of each finished frame.
+        resolution) before the first frame; ``progress`` the index of each finished frame;
+        ``tracking_progress(steps, total)`` the point tracker's progress, for methods that track.
         """
+
+    def memory_plan(self, video: VideoItem) -> dict[str, Any]:
+        """What :meth:`run` will hold for ``video`` beyond the models, by part, in bytes (and
+        whether its tracker streams the frames); logged with the plan at the start of a video."""
+        return {}
 
     def required_checkpoints(self) -> list[str]:
         """Registry names of the checkpoints :meth:`prepare` will resolve (listed and fetched

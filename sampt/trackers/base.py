@@ -16,11 +16,16 @@ from __future__ import annotations
 import functools
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from sampt.frames import FrameSource
+
+#: ``progress(n)``: ``n`` more frame steps done, out of ``2 T`` per call (forward and backward).
+TrackingProgress = Callable[[int], None]
 
 
 def _recording_init_options(init):
@@ -55,6 +60,10 @@ class PointTracker(nn.Module, ABC):
     #: pipeline then passes them (M objects, queries grouped per object in order).
     uses_query_masks: bool = False
 
+    #: True for trackers whose :meth:`track_frames` reads the frames in bounded windows (memory
+    #: independent of the video's length); the others read the whole video there.
+    streams_frames: bool = False
+
     @property
     def init_options(self) -> dict[str, Any]:
         return dict(self.__dict__.get("_init_options", {}))
@@ -70,6 +79,30 @@ class PointTracker(nn.Module, ABC):
 
         Returns ``(trajectories (B, T, N, 2) float32, visibilities (B, T, N) bool)``.
         """
+
+    def track_frames(self, frames: "FrameSource", queries: torch.Tensor, device: Optional[torch.device] = None,
+                     query_masks: Optional[torch.Tensor] = None, progress: Optional[TrackingProgress] = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Track ``queries (N, 3)`` through a frame source (``sampt.frames``).
+
+        Returns ``(trajectories (T, N, 2) float32, visibilities (T, N) bool)`` on the CPU, equal
+        to :meth:`forward` on the whole video. This default reads the whole video into one
+        tensor on ``device``; trackers with ``streams_frames`` override it to read windows.
+        ``query_masks (M, H, W)`` go to trackers with ``uses_query_masks``.
+        """
+        video = frames.to_tensor()[None].to(device)
+        extra = {} if query_masks is None else {"query_masks": query_masks[None].to(device)}
+        trajectories, visibilities = self(video, queries[None].to(device), **extra)
+        if progress is not None:
+            progress(2 * frames.num_frames)
+        return trajectories[0].float().cpu(), visibilities[0].bool().cpu()
+
+    def memory_plan(self, num_frames: int, size: tuple[int, int], num_points: int) -> dict[str, Any]:
+        """What :meth:`track_frames` holds for a video: ``{"streams": bool, "bytes": estimate}``
+        (the whole uint8 video for trackers that do not stream; override with a better figure)."""
+        if self.streams_frames:
+            return {"streams": True, "bytes": 0}
+        return {"streams": False, "bytes": num_frames * 3 * size[0] * size[1]}
 
     def required_checkpoints(self) -> list[str]:
         """Registry names of the checkpoints :meth:`prepare` will resolve: every constructor

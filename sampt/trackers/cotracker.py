@@ -596,6 +596,27 @@ def _merge_backward_zero_rule(tracks, probs, bwd_tracks, bwd_probs):
     return tracks, probs
 
 
+class _ResizedFrames:
+    """The frames of a ``FrameSource`` as CoTracker v1's model reads them, resized when indexed.
+
+    Looks like the ``(T', 3, h, w)`` float video ``CoTrackerV1._forward_single`` takes (``shape``,
+    ``device``, indexing by a list of frames): ``T' >= window_len`` (short clips repeat their
+    last frame, as ``_pad_time`` does), and ``reverse`` gives the time-reversed video of the
+    backward pass. Only the frames a window encodes are ever read and resized.
+    """
+
+    def __init__(self, frames, interp_shape: Sequence[int], device: torch.device, reverse: bool, min_length: int):
+        self.frames, self.interp_shape, self.device, self.reverse = frames, tuple(interp_shape), device, reverse
+        self.shape = torch.Size((max(frames.num_frames, min_length), 3) + self.interp_shape)
+
+    def __getitem__(self, indices: Sequence[int]) -> torch.Tensor:
+        last = self.frames.num_frames - 1
+        clamped = [min(int(i), last) for i in indices]
+        video_frames = [last - i for i in clamped] if self.reverse else clamped
+        selected = self.frames.gather(video_frames).to(self.device)
+        return _resize_video(selected[None], self.interp_shape, align_corners=False)[0]
+
+
 class CoTrackerTracker(PointTracker):
     """SAM-PT's CoTracker v1 point tracker.
 
@@ -650,6 +671,57 @@ class CoTrackerTracker(PointTracker):
             path = os.fspath(resolve_checkpoint(self.checkpoint, self.checkpoint_path))
             load_state_dict_file(self.model, path, f"CoTracker v1 ({self.checkpoint})")
             self.weights_path = path
+
+    streams_frames = True
+
+    @torch.no_grad()
+    def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):
+        """Track ``queries (N, 3)`` through a frame source, window by window (see ``PointTracker``).
+
+        Each window reads, resizes and encodes only its new frames, forward and then backward,
+        so memory does not grow with the video's frames (the encoder maps of the forward pass
+        are not kept for the backward pass, whatever ``reuse_features`` says: that would hold
+        ``T x 128 x h/s x w/s`` floats). The result equals :meth:`forward` with
+        ``reuse_features=False`` bit for bit; with ``reuse_features=True`` the encoder runs on
+        other batches of frames, which changes float summation order (within the reference
+        vectors' tolerance, 1e-3 px).
+        """
+        self.prepare()
+        device = next(self.model.parameters()).device
+        num_frames, (height, width) = frames.num_frames, frames.size
+        ih, iw = self.interp_shape
+        s = self.model.window_len
+        q = queries.float().clone().to(device)
+        q[:, 1] *= iw / width
+        q[:, 2] *= ih / height
+        n = q.shape[0]
+        grid = support_grid(self.support_grid_size, self.interp_shape, device=device)
+        model_queries = torch.cat([q, grid_queries(grid, range(0, num_frames, self.support_grid_every_n_frames))])
+
+        def one_pass(reverse: bool, pass_queries: torch.Tensor):
+            rgbs = _ResizedFrames(frames, self.interp_shape, device, reverse, s)
+            traj, vis, _ = self.model._forward_single(rgbs, pass_queries, self.iters, None, None)
+            if progress is not None:
+                progress(num_frames)
+            return traj[None, :num_frames], vis[None, :num_frames]
+
+        fwd_traj, fwd_vis = one_pass(False, model_queries)
+        bwd_traj, bwd_vis = one_pass(True, mirror_query_frames(model_queries, num_frames))
+        merged_traj, merged_vis = _merge_backward_zero_rule(fwd_traj, fwd_vis, bwd_traj.flip(1), bwd_vis.flip(1))
+        traj = merged_traj[0, :, :n].clone()
+        traj[:, :, 0] *= width / float(iw)
+        traj[:, :, 1] *= height / float(ih)
+        return traj.cpu(), (merged_vis[0, :, :n] > self.visibility_threshold).cpu()
+
+    def memory_plan(self, num_frames: int, size: tuple[int, int], num_points: int) -> dict:
+        # Per window: its frames resized (float) and encoded; tracks of all points and the
+        # support grid (which grows with the video: support_grid_size^2 points every n frames).
+        h, w = self.interp_shape
+        stride, s = self.model.stride, self.model.window_len
+        window = s * (3 * h * w + 128 * (h // stride) * (w // stride) * 4 // 3) * 4
+        grid_points = self.support_grid_size ** 2 * -(-num_frames // self.support_grid_every_n_frames)
+        tracks = 3 * num_frames * (num_points + grid_points) * 4 * 4
+        return {"streams": True, "bytes": window + tracks}
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor, queries: torch.Tensor, details: Optional[dict] = None):

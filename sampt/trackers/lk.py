@@ -48,8 +48,8 @@ class _GreyFrames:
     themselves cannot be cached.)
     """
 
-    def __init__(self, frames: np.ndarray, work_size: tuple[int, int], keep: int = 3):
-        self.frames = frames  # (T, H, W, 3) uint8 RGB
+    def __init__(self, read_frame, work_size: tuple[int, int], keep: int = 3):
+        self.read_frame = read_frame  # t -> (H, W, 3) uint8 RGB
         self.work_size = work_size  # (h, w) after downscaling
         self.keep = keep
         self._cache: dict[int, np.ndarray] = {}
@@ -57,7 +57,7 @@ class _GreyFrames:
     def __getitem__(self, index: int) -> np.ndarray:
         """``(h, w) uint8`` grey frame ``index``."""
         if index not in self._cache:
-            grey = cv2.cvtColor(np.ascontiguousarray(self.frames[index]), cv2.COLOR_RGB2GRAY)
+            grey = cv2.cvtColor(np.ascontiguousarray(self.read_frame(index)), cv2.COLOR_RGB2GRAY)
             height, width = self.work_size
             if (height, width) != grey.shape:
                 grey = cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA)
@@ -129,35 +129,51 @@ class LucasKanadeTracker(PointTracker):
         """
         self.check_inputs(video, queries)
         batch, num_frames, _, height, width = video.shape
+        frames_all = video.detach().permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, T, H, W, 3)
+        results = [self._track(frames_all[b].__getitem__, num_frames, height, width, queries[b].detach().cpu())
+                   for b in range(batch)]
+        trajectories = torch.stack([r[0] for r in results]).to(video.device)
+        visibilities = torch.stack([r[1] for r in results]).to(video.device)
+        return trajectories, visibilities
+
+    streams_frames = True
+
+    @torch.no_grad()
+    def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):
+        """:meth:`forward` over a frame source, two frames at a time (see ``PointTracker``)."""
+        def read_frame(t: int) -> np.ndarray:
+            return frames[t].permute(1, 2, 0).cpu().numpy()
+
+        height, width = frames.size
+        return self._track(read_frame, frames.num_frames, height, width, queries.detach().cpu(), progress)
+
+    def _track(self, read_frame, num_frames: int, height: int, width: int, queries: torch.Tensor,
+               progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One video: ``read_frame(t) -> (H, W, 3) uint8``, ``queries (N, 3)`` -> CPU
+        ``(trajectories (T, N, 2) float32, visibilities (T, N) bool)``."""
         work_height = max(1, int(round(height / self.downscale)))
         work_width = max(1, int(round(width / self.downscale)))
         # Pixel-centre mapping between input and analysis pixels (x' + 0.5 = (x + 0.5) * s).
         scale = np.array([work_width / width, work_height / height], dtype=np.float64)
-
-        frames_all = video.detach().permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, T, H, W, 3)
-        queries_all = queries.detach().to("cpu", torch.float64).numpy()
-        trajectories = np.zeros((batch, num_frames, queries.shape[1], 2), dtype=np.float64)
-        visibilities = np.zeros((batch, num_frames, queries.shape[1]), dtype=bool)
-        for b in range(batch):
-            query_frames = queries_all[b, :, 0].round().astype(np.int64)
-            query_work = (queries_all[b, :, 1:] + 0.5) * scale - 0.5
-            grey_frames = _GreyFrames(frames_all[b], (work_height, work_width))
-            traj_work = trajectories[b]  # (T, N, 2), filled in analysis pixels, mapped back below
-            self._track_direction(grey_frames, query_frames, query_work, traj_work, visibilities[b], +1)
-            self._track_direction(grey_frames, query_frames, query_work, traj_work, visibilities[b], -1)
-            points = np.arange(len(query_frames))
-            traj_work[query_frames, points] = query_work
-            visibilities[b, query_frames, points] = True
+        queries_np = queries.to(torch.float64).numpy()
+        trajectories = np.zeros((num_frames, queries.shape[0], 2), dtype=np.float64)
+        visibilities = np.zeros((num_frames, queries.shape[0]), dtype=bool)
+        query_frames = queries_np[:, 0].round().astype(np.int64)
+        query_work = (queries_np[:, 1:] + 0.5) * scale - 0.5
+        grey_frames = _GreyFrames(read_frame, (work_height, work_width))
+        # trajectories are filled in analysis pixels and mapped back below
+        self._track_direction(grey_frames, query_frames, query_work, trajectories, visibilities, +1, progress)
+        self._track_direction(grey_frames, query_frames, query_work, trajectories, visibilities, -1, progress)
+        points = np.arange(len(query_frames))
+        trajectories[query_frames, points] = query_work
+        visibilities[query_frames, points] = True
         trajectories = (trajectories + 0.5) / scale - 0.5
-        trajectories_t = torch.from_numpy(trajectories.astype(np.float32)).to(video.device)
+        trajectories_t = torch.from_numpy(trajectories.astype(np.float32))
         # Judge "inside the frame" on the final input-pixel positions so that every tracker shares
         # one definition; the query frames keep their given (visible) points.
         inside = points_inside_frame(trajectories_t, height, width)
-        visibilities_t = torch.from_numpy(visibilities).to(video.device) & inside
-        is_query_frame = torch.zeros_like(visibilities_t)
-        query_frames_t = queries[..., 0].round().long().to(video.device)
-        is_query_frame.scatter_(1, query_frames_t[:, None, :], True)
-        visibilities_t |= is_query_frame
+        visibilities_t = torch.from_numpy(visibilities) & inside
+        visibilities_t[torch.from_numpy(query_frames), torch.from_numpy(points)] = True
         return trajectories_t, visibilities_t
 
     def _track_direction(
@@ -168,6 +184,7 @@ class LucasKanadeTracker(PointTracker):
         trajectories: np.ndarray,
         visibilities: np.ndarray,
         step: int,
+        progress=None,
     ) -> None:
         """Chain the points of one video in one direction (``step`` +1 forward, -1 backward).
 
@@ -177,6 +194,8 @@ class LucasKanadeTracker(PointTracker):
         """
         num_frames = trajectories.shape[0]
         if len(query_frames) == 0:
+            if progress is not None:
+                progress(num_frames)
             return
         work_height, work_width = grey_frames.work_size
         positions = query_work.copy()
@@ -201,6 +220,10 @@ class LucasKanadeTracker(PointTracker):
                 visibilities[target, active] = visible & inside
             started_points = np.flatnonzero(started)
             trajectories[target, started_points] = positions[started_points]
+            if progress is not None:
+                progress(1)
+        if progress is not None:
+            progress(num_frames - len(sources))  # frames no point travels through in this direction
 
     def _lk_step(self, source: np.ndarray, target: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One forward-backward LK step of ``points (M, 2)`` analysis pixels from grey frame ``source``

@@ -117,7 +117,8 @@ class RaftTracker(PointTracker):
         """Optical flow from frame ``sources[k]`` to frame ``targets[k]`` of each video.
 
         Args:
-            video: ``(B, T, 3, H, W) uint8``.
+            video: ``(B, T, 3, H, W) uint8``, or a ``FrameSource`` (one video, B = 1: only the
+                frames of the pairs are read).
             sources, targets: K frame indices each.
 
         Returns:
@@ -125,18 +126,23 @@ class RaftTracker(PointTracker):
             frame, in pixels of that grid (any ``h, w``: the caller rescales). Override to plug in
             another flow estimator.
         """
-        batch, _, _, height, width = video.shape
+        from sampt.frames import FrameSource
+
+        streamed = isinstance(video, FrameSource)
+        batch = 1 if streamed else video.shape[0]
+        height, width = video.shape[-2:]
         size = (_flow_size(height, self.downscale), _flow_size(width, self.downscale))
         num_pairs = len(sources)
+        parameter = next(self.raft.parameters())
 
         def prepare(indices: Sequence[int]) -> torch.Tensor:
-            frames = video[:, list(indices)].flatten(0, 1).float()  # (B*K, 3, H, W)
+            selected = video.gather(indices)[None].to(parameter.device) if streamed else video[:, list(indices)]
+            frames = selected.flatten(0, 1).float()  # (B*K, 3, H, W)
             if frames.shape[-2:] != size:
                 # Antialias when shrinking so fine texture does not alias into false motion.
                 frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
             return frames / 127.5 - 1.0  # RAFT's training normalisation, [-1, 1]
 
-        parameter = next(self.raft.parameters())
         first = prepare(sources).to(parameter.dtype)
         second = prepare(targets).to(parameter.dtype)
         flows = self.raft(first, second, num_flow_updates=self.num_flow_updates)[-1]
@@ -175,6 +181,28 @@ class RaftTracker(PointTracker):
         visibilities = points_inside_frame(trajectories, height, width)
         return trajectories, visibilities
 
+    streams_frames = True
+
+    @torch.no_grad()
+    def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):
+        """:meth:`forward` over a frame source, reading only the ``batch_size`` frame pairs of
+        each flow batch (see ``PointTracker``)."""
+        self.prepare()
+        device = next(self.raft.parameters()).device
+        num_frames, (height, width) = frames.num_frames, frames.size
+        queries = queries.to(device=device, dtype=torch.float32)[None]
+        query_frames = queries[..., 0].round().long()
+        trajectories = queries[..., 1:][:, None].repeat(1, num_frames, 1, 1)
+        if queries.shape[1]:
+            forward_pairs = [(t, t + 1) for t in range(int(query_frames.min()), num_frames - 1)]
+            self._chain(frames, forward_pairs, queries[..., 1:], query_frames, trajectories, True, progress)
+            backward_pairs = [(t + 1, t) for t in range(int(query_frames.max()) - 1, -1, -1)]
+            self._chain(frames, backward_pairs, queries[..., 1:], query_frames, trajectories, False, progress)
+        if progress is not None:
+            progress(2 * num_frames - (len(forward_pairs) + len(backward_pairs) if queries.shape[1] else 0))
+        visibilities = points_inside_frame(trajectories, height, width)
+        return trajectories[0].cpu(), visibilities[0].cpu()
+
     def _chain(
         self,
         video: torch.Tensor,
@@ -183,6 +211,7 @@ class RaftTracker(PointTracker):
         query_frames: torch.Tensor,
         trajectories: torch.Tensor,
         forward: bool,
+        progress=None,
     ) -> None:
         """Move the points along ``pairs`` (consecutive, in chaining order), writing each pair's
         target frame of ``trajectories (B, T, N, 2)`` for the points that have started."""
@@ -196,6 +225,8 @@ class RaftTracker(PointTracker):
                 displacement = _sample_flow(flows[:, k], positions, height, width)
                 positions = torch.where(started[..., None], positions + displacement, positions)
                 trajectories[:, target] = torch.where(started[..., None], positions, trajectories[:, target])
+            if progress is not None:
+                progress(len(chunk))
 
 
 def _sample_flow(flow: torch.Tensor, points: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -73,7 +73,8 @@ class InteractiveSimulationMethod(SamPtMethod):
 
     def run(self, video: VideoItem, on_frame: Callable[[FrameOutput], None],
             on_queries: Optional[Callable[[Any], None]] = None,
-            progress: Optional[Callable[[int], None]] = None) -> MethodResult:
+            progress: Optional[Callable[[int], None]] = None,
+            tracking_progress: Optional[Callable[[int, int], None]] = None) -> MethodResult:
         if video.ground_truth is None:
             raise ValueError(f"{video.name}: the simulated annotator needs every frame's ground truth; this video has "
                              "none (use an annotated split, e.g. DAVIS 2017 val)")
@@ -85,7 +86,7 @@ class InteractiveSimulationMethod(SamPtMethod):
         queries = pipeline.make_queries(video, rng)
         if on_queries is not None:
             on_queries(queries)
-        frames = video.frames
+        frames = video.frames.to_tensor()  # corrections revisit any frame: the clip is held whole
         num_frames, _, height, width = (int(s) for s in frames.shape)
         ground_truth = input_size_ground_truth(video.ground_truth, (height, width))
         config = self.session_config()
@@ -169,7 +170,7 @@ class InteractiveSimulationMethod(SamPtMethod):
             experiment.add_image(f"interactive/{video.name}/curve", chart, step, dataformats="HWC")
         recorded = result.extras.get("recorded_corrections") or []
         if recorded:
-            frames = video.frames
+            frames = video.frames.to_tensor()
             ground_truth = input_size_ground_truth(video.ground_truth, tuple(frames.shape[-2:]))
             if write_corrections_video(folder / "corrections.mp4", frames, ground_truth, recorded,
                                        self.annotated_video_fps):

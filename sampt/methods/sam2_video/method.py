@@ -246,7 +246,8 @@ class Sam2VideoMethod(VosMethod):
 
     def run(self, video: VideoItem, on_frame: Callable[[FrameOutput], None],
             on_queries: Optional[Callable[[Any], None]] = None,
-            progress: Optional[Callable[[int], None]] = None) -> MethodResult:
+            progress: Optional[Callable[[int], None]] = None,
+            tracking_progress: Optional[Callable[[int, int], None]] = None) -> MethodResult:
         if self.predictor is None:
             raise RuntimeError("Sam2VideoMethod.prepare() builds SAM 2 before the first video")
         started = time.perf_counter()

@@ -64,13 +64,33 @@ class SamPtMethod(VosMethod):
 
     def run(self, video: VideoItem, on_frame: Callable[[FrameOutput], None],
             on_queries: Optional[Callable[[Any], None]] = None,
-            progress: Optional[Callable[[int], None]] = None) -> MethodResult:
+            progress: Optional[Callable[[int], None]] = None,
+            tracking_progress: Optional[Callable[[int, int], None]] = None) -> MethodResult:
         pipeline = self.pipeline
         if self.config.reinit.use_point_reinit:
             from sampt.methods.sam_pt.reinit import run_with_reinit
 
             return run_with_reinit(pipeline, video, on_frame, on_queries, progress)
-        return pipeline.run(video, on_frame, on_queries, progress)
+        return pipeline.run(video, on_frame, on_queries, progress, tracking_progress)
+
+    def memory_plan(self, video: VideoItem) -> dict[str, Any]:
+        num_frames, size = video.num_frames, tuple(video.frames.size)
+        query = self.config.query
+        num_points = query.positive_points_per_mask + query.negative_points_per_mask
+        if video.objects and video.objects[0].points is not None:
+            num_points = max(len(o.points) for o in video.objects)
+        tracked = min(len(video.objects), self.config.batching.point_tracker_mask_batch_size) * num_points
+        tracker = self.tracker.memory_plan(num_frames, size, tracked)
+        frame_bytes = 3 * size[0] * size[1]
+        return {
+            "tracker": type(self.tracker).__name__,
+            "tracker_streams": tracker["streams"],
+            "tracker_bytes": tracker["bytes"],
+            # trajectories (float32 x, y), visibilities and reasons, with a copy while merged
+            "tracks_bytes": 2 * num_frames * len(video.objects) * num_points * 10,
+            # a SAM batch: its frames and image embeddings (256 x 64 x 64 float32 each)
+            "sam_bytes": self.config.batching.frame_batch_size * (frame_bytes + 256 * 64 * 64 * 4),
+        }
 
     def weight_files(self) -> dict[str, Any]:
         files = {} if getattr(self.sam, "weights_path", None) is None else {"sam": self.sam.weights_path}

@@ -149,6 +149,41 @@ def patch_similarity(frames_lab: torch.Tensor, trajectories: torch.Tensor, query
     return torch.exp(-torch.linalg.vector_norm(difference, dim=-1) / (2 * patch_size ** 2))
 
 
+def patch_similarity_over_frames(frames, trajectories: torch.Tensor, query_points: torch.Tensor,
+                                 patch_size: int = DEFAULT_PATCH_SIZE, color_order: str = "rgb",
+                                 chunk_frames: int = _LAB_FRAMES_PER_CHUNK) -> torch.Tensor:
+    """:func:`patch_similarity` of ``rgb_to_lab(frames)``, reading ``frames`` (a ``FrameSource``
+    or a tensor) ``chunk_frames`` at a time, so the LAB video is never held whole.
+
+    Each frame's similarities depend on that frame and the query frames only, so the result
+    equals the whole-video computation.
+    """
+    from sampt.frames import as_frame_source
+
+    frames = as_frame_source(frames)
+    num_frames = frames.num_frames
+    if trajectories.ndim != 3 or trajectories.shape[0] != num_frames or trajectories.shape[2] != 2:
+        raise ValueError(f"trajectories must be (T={num_frames}, N, 2), got {tuple(trajectories.shape)}")
+    query_points = query_points.to(torch.float32).cpu()
+    query_frames = query_points[:, 0].long()
+    if len(query_frames) and (query_frames.min() < 0 or query_frames.max() >= num_frames):
+        raise ValueError(f"query frames must lie in [0, {num_frames}), got {query_frames.tolist()}")
+    distinct = torch.unique(query_frames).tolist()
+    query_lab = rgb_to_lab(frames.gather(distinct).cpu(), color_order=color_order)
+    local_queries = query_points.clone()
+    local_queries[:, 0] = torch.searchsorted(torch.tensor(distinct, dtype=torch.long), query_frames).float()
+    # Each chunk goes after the query frames' LAB so that patch_similarity finds the query
+    # patches there (re-sampled per chunk: a few frames, cheap next to the chunk itself).
+    similarity = torch.empty(trajectories.shape[:2], dtype=torch.float32)
+    for start, chunk in frames.chunks(chunk_frames):
+        stop = start + chunk.shape[0]
+        stacked = torch.cat([query_lab, rgb_to_lab(chunk.cpu(), color_order=color_order)])
+        stacked_traj = torch.cat([trajectories.new_zeros((len(distinct),) + tuple(trajectories.shape[1:])),
+                                  trajectories[start:stop]])
+        similarity[start:stop] = patch_similarity(stacked, stacked_traj, local_queries, patch_size)[len(distinct):]
+    return similarity
+
+
 def filter_visibilities(visibilities: torch.Tensor, similarity: torch.Tensor,
                         query_frames: Union[torch.Tensor, np.ndarray],
                         threshold: float = DEFAULT_SIMILARITY_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:

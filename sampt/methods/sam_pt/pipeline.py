@@ -14,17 +14,18 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sampt.frames import FrameSource, as_frame_source
 from sampt.methods.base import FrameOutput, MethodResult
 from sampt.methods.sam_pt.options import SamPtConfig
 from sampt.sam.model import ImageEmbedding, SamModel
 from sampt.sam.prompting import PromptingConfig, SamPrompter, build_point_prompts
-from sampt.trackers.base import PointTracker
+from sampt.trackers.base import PointTracker, TrackingProgress
 from sampt.video import VideoItem
 from sampt.visibility import VisibilityReason, mark_outside_frame
 
@@ -134,7 +135,7 @@ class SamPt:
             masks = torch.stack([o.mask.bool().cpu() for o in objects])
             query_frames = torch.tensor([o.query_frame for o in objects])
             points = query_points_from_masks(
-                video.frames.cpu(), masks, query_frames,
+                video.frames, masks, query_frames,
                 positive_points_per_mask=self.config.query.positive_points_per_mask,
                 negative_points_per_mask=self.config.query.negative_points_per_mask,
                 positive_method=self.config.query.positive_point_selection_method,
@@ -176,26 +177,32 @@ class SamPt:
         return torch.stack(masks)
 
     # -- 2. tracking ---------------------------------------------------------------------------
-    def track(self, frames: torch.Tensor, queries: Queries) -> Tracks:
-        """Track all objects' points, ``point_tracker_mask_batch_size`` objects per tracker call."""
-        num_frames, _, height, width = frames.shape
+    def track(self, frames: Union[FrameSource, torch.Tensor], queries: Queries,
+              progress: Optional[TrackingProgress] = None) -> Tracks:
+        """Track all objects' points, ``point_tracker_mask_batch_size`` objects per tracker call.
+
+        ``frames`` is a ``FrameSource`` (or a tensor, wrapped): trackers with ``streams_frames``
+        read it window by window, the others whole. ``progress(n)``: n more frame steps of
+        ``2 T`` per tracker call (see :meth:`tracking_steps`).
+        """
+        frames = as_frame_source(frames)
+        num_frames, (height, width) = frames.num_frames, frames.size
         num_objects, num_points, _ = queries.points.shape
         trajectories = torch.zeros(num_frames, num_objects, num_points, 2)
         visibilities = torch.zeros(num_frames, num_objects, num_points, dtype=torch.bool)
-        video = frames[None].to(self.device)
         step = self.config.batching.point_tracker_mask_batch_size
         with torch.no_grad():
             for start in range(0, num_objects, step):
                 chunk = queries.points[start : start + step]
-                flat = chunk.reshape(1, -1, 3).to(self.device)
-                extra = {}
+                query_masks = None
                 if self.tracker.uses_query_masks and queries.query_masks.numel():
                     # Trackers that match keypoints inside each object's mask (SuperGlue) get them.
-                    extra["query_masks"] = queries.query_masks[start : start + step][None].to(self.device)
-                traj, vis = self.tracker(video, flat, **extra)
+                    query_masks = queries.query_masks[start : start + step]
+                traj, vis = self.tracker.track_frames(frames, chunk.reshape(-1, 3), self.device,
+                                                      query_masks=query_masks, progress=progress)
                 m = chunk.shape[0]
-                trajectories[:, start : start + m] = traj[0].reshape(num_frames, m, num_points, 2).float().cpu()
-                visibilities[:, start : start + m] = vis[0].reshape(num_frames, m, num_points).bool().cpu()
+                trajectories[:, start : start + m] = traj.reshape(num_frames, m, num_points, 2)
+                visibilities[:, start : start + m] = vis.reshape(num_frames, m, num_points)
         reasons = torch.where(visibilities, VisibilityReason.VISIBLE, VisibilityReason.OCCLUDED).to(torch.int8)
         if self.config.patch_matching.use_patch_matching_filtering:
             visibilities, reasons = self._patch_filter(frames, queries, trajectories, visibilities, reasons)
@@ -204,14 +211,20 @@ class SamPt:
         visibilities = visibilities & ~outside & queries.valid[None]
         return Tracks(trajectories, visibilities, reasons)
 
-    def _patch_filter(self, frames, queries, trajectories, visibilities, reasons):
-        from sampt.methods.sam_pt.patch_matching import filter_visibilities, patch_similarity, rgb_to_lab
+    def tracking_steps(self, num_frames: int, num_objects: int) -> int:
+        """The frame steps :meth:`track` reports to its ``progress`` for a video."""
+        step = self.config.batching.point_tracker_mask_batch_size
+        return 2 * num_frames * -(-num_objects // step)
+
+    def _patch_filter(self, frames: FrameSource, queries, trajectories, visibilities, reasons):
+        from sampt.methods.sam_pt.patch_matching import filter_visibilities, patch_similarity_over_frames
 
         num_frames, num_objects, num_points, _ = trajectories.shape
-        lab = rgb_to_lab(frames.cpu(), color_order=self.config.patch_matching.patch_matching_color_order)
         flat_queries = queries.points.reshape(-1, 3)
-        similarity = patch_similarity(lab, trajectories.reshape(num_frames, -1, 2), flat_queries,
-                                      patch_size=self.config.patch_matching.patch_size)
+        similarity = patch_similarity_over_frames(
+            frames, trajectories.reshape(num_frames, -1, 2), flat_queries,
+            patch_size=self.config.patch_matching.patch_size,
+            color_order=self.config.patch_matching.patch_matching_color_order)
         filtered, filter_reasons = filter_visibilities(
             visibilities.reshape(num_frames, -1), similarity, flat_queries[:, 0].long(),
             threshold=self.config.patch_matching.patch_similarity_threshold)
@@ -220,10 +233,11 @@ class SamPt:
         return filtered, reasons
 
     # -- 3. SAM per frame ----------------------------------------------------------------------
-    def segment(self, frames: torch.Tensor, tracks: Tracks, num_positive: int, output_size: tuple[int, int],
+    def segment(self, frames: Union[FrameSource, torch.Tensor], tracks: Tracks, num_positive: int, output_size: tuple[int, int],
                 rng: np.random.Generator, timings: Optional[dict] = None,
                 progress: Optional[Callable[[int], None]] = None) -> Iterator[tuple[FrameOutput, int]]:
-        """Yield ``(FrameOutput, decoder_calls)`` frame by frame."""
+        """Yield ``(FrameOutput, decoder_calls)`` frame by frame (``frame_batch_size`` frames of
+        ``frames`` read and embedded at a time)."""
         timings = timings if timings is not None else defaultdict(float)
         num_frames = frames.shape[0]
         num_points = tracks.trajectories.shape[2]
@@ -252,12 +266,14 @@ class SamPt:
     # -- everything ----------------------------------------------------------------------------
     def run(self, video: VideoItem, on_frame: Callable[[FrameOutput], None],
             on_queries: Optional[Callable[[Queries], None]] = None,
-            progress: Optional[Callable[[int], None]] = None) -> MethodResult:
+            progress: Optional[Callable[[int], None]] = None,
+            tracking_progress: Optional[Callable[[int, int], None]] = None) -> MethodResult:
         """Run plain SAM-PT on one video, calling ``on_frame`` with each frame's output in order
         (SAM-PT-reinit is ``sampt.methods.sam_pt.reinit.run_with_reinit``; ``SamPtMethod`` picks).
 
         ``on_queries`` receives the queries (with the query masks, which for point queries are
-        SAM's prediction) before the first frame is segmented.
+        SAM's prediction) before the first frame is segmented; ``progress`` each segmented
+        frame's index; ``tracking_progress(steps, total)`` the tracker's frame steps.
         """
         timings: dict[str, float] = defaultdict(float)
         rng = video_rng(self.config.seed, video.name)
@@ -269,7 +285,11 @@ class SamPt:
         if on_queries is not None:
             on_queries(queries)
         tic = time.perf_counter()
-        tracks = self.track(frames, queries)
+        tracker_progress = None
+        if tracking_progress is not None:
+            total_steps = self.tracking_steps(frames.shape[0], queries.points.shape[0])
+            tracker_progress = lambda steps: tracking_progress(steps, total_steps)  # noqa: E731
+        tracks = self.track(frames, queries, tracker_progress)
         timings["tracking"] = time.perf_counter() - tic
         num_frames, num_objects = frames.shape[0], queries.points.shape[0]
         scores_per_frame = torch.full((num_frames, num_objects), float("-inf"))

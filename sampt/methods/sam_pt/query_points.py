@@ -257,7 +257,8 @@ def query_points_from_masks(
     """Query points ``(t, x, y)`` for every object given by a mask on its query frame.
 
     Args:
-        frames: ``(T, 3, H, W) uint8`` RGB video (only the query frames are read, by Shi-Tomasi).
+        frames: ``(T, 3, H, W) uint8`` RGB video, a tensor or a ``FrameSource`` (only the query
+            frames are read, by Shi-Tomasi).
         masks: ``(M, H, W)`` bool (or 0/1) query masks, mask m lying on frame ``query_frames[m]``.
         query_frames: ``(M,)`` integer query frame indices in ``[0, T)``.
         positive_points_per_mask: P, points inside each mask.
@@ -278,7 +279,9 @@ def query_points_from_masks(
     num_positive = _check_count(positive_points_per_mask, "positive_points_per_mask")
     num_negative = _check_count(negative_points_per_mask, "negative_points_per_mask")
 
-    if not isinstance(frames, torch.Tensor):
+    from sampt.frames import FrameSource
+
+    if not isinstance(frames, (torch.Tensor, FrameSource)):
         frames = torch.as_tensor(np.asarray(frames))
     if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"frames must be (T, 3, H, W) uint8, got {tuple(frames.shape)} {frames.dtype}")

@@ -1,0 +1,238 @@
+"""Frame sources (``sampt.frames``): every kind gives the frames the in-memory path gives, the
+disk cache is reused only for the same file and options and falls back when unwritable, a
+truncated video names its last good frame, and the streaming trackers equal their whole-video
+results."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import VECTORS
+from sampt.errors import InputFormatError
+from sampt.frames import ImageFilesFrames, TensorFrames, VideoFileFrames
+
+av = pytest.importorskip("av")
+
+
+def _write_mp4(path, num_frames=40, size=(96, 160), faststart=False):
+    container = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
+    stream = container.add_stream("libx264", rate=25, options={"g": "12"})
+    stream.height, stream.width = size
+    stream.pix_fmt = "yuv420p"
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)
+    for t in range(num_frames):
+        image = background.copy()
+        image[20:50, (3 * t) % (size[1] - 30):(3 * t) % (size[1] - 30) + 30] = (255, 40, 40)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory):
+    return _write_mp4(tmp_path_factory.mktemp("video") / "clip.mp4")
+
+
+def _decoded_whole(path, longest_size=None, stride=1):
+    """Reference: every frame decoded in one sequential pass, resized like the data modules."""
+    from sampt.datamodules.io import longest_side_shape, resize_rgb
+
+    container = av.open(str(path))
+    frames = [torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1) for f in container.decode(video=0)]
+    container.close()
+    size = longest_side_shape(frames[0].shape[1], frames[0].shape[2], longest_size)
+    return torch.stack([resize_rgb(f, size) for f in frames[::stride]])
+
+
+def test_video_file_cached_and_on_demand_equal_a_sequential_decode(mp4, tmp_path, caplog):
+    expected = _decoded_whole(mp4, longest_size=128, stride=2)
+    cached = VideoFileFrames(mp4, longest_size=128, frame_stride=2, cache_dir=tmp_path)
+    assert cached.shape == expected.shape
+    assert torch.equal(cached[3], expected[3]) and cached.cached
+    assert torch.equal(cached.to_tensor(), expected)
+    # Backward reads of the on-demand decoder (chunks ending at t) and random access.
+    on_demand = VideoFileFrames(mp4, longest_size=128, frame_stride=2, use_cache=False, chunk_frames=4)
+    backwards = torch.stack([on_demand[t] for t in reversed(range(len(on_demand)))]).flip(0)
+    assert torch.equal(backwards, expected)
+    assert torch.equal(on_demand[[7, 2, 3, 15]], expected[[7, 2, 3, 15]])
+    assert torch.equal(on_demand[1:9], expected[1:9])
+    # A second source over the same file and options reuses the cache (and says so).
+    with caplog.at_level(logging.INFO, logger="sampt.frames"):
+        again = VideoFileFrames(mp4, longest_size=128, frame_stride=2, cache_dir=tmp_path)
+        again.prepare()
+    assert again._reused_cache and "reusing the decoded frames" in caplog.text
+    assert torch.equal(again.to_tensor(), expected)
+    # Other options: another cache entry, not a reuse.
+    other = VideoFileFrames(mp4, longest_size=96, frame_stride=2, cache_dir=tmp_path)
+    other.prepare()
+    assert not other._reused_cache and other.cache_folder != again.cache_folder
+
+
+def test_unwritable_cache_falls_back_to_decoding_on_demand(mp4, tmp_path, caplog):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    os.chmod(read_only, 0o500)
+    try:
+        if os.access(read_only, os.W_OK):
+            # root ignores permissions: a file where the cache folder should be fails the same way
+            read_only = tmp_path / "a-file"
+            read_only.write_text("not a folder")
+        source = VideoFileFrames(mp4, cache_dir=read_only)
+        with caplog.at_level(logging.WARNING, logger="sampt.frames"):
+            frames = source.to_tensor()
+        assert "cannot write the decoded-frames cache" in caplog.text and "on demand" in caplog.text
+        assert not source.cached and torch.equal(frames, _decoded_whole(mp4))
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)
+
+
+def test_truncated_video_names_the_file_and_the_last_good_frame(tmp_path):
+    whole = _write_mp4(tmp_path / "whole.mp4", num_frames=60, faststart=True)
+    data = whole.read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: int(len(data) * 0.6)])
+    good = sum(1 for _ in _frames_until_error(truncated))
+    for use_cache in (True, False):
+        source = VideoFileFrames(truncated, use_cache=use_cache, cache_dir=tmp_path / "cache")
+        assert len(source) == 60  # the container's count: the loss shows when decoding
+        with pytest.raises(InputFormatError) as error:
+            source.to_tensor()
+        message = str(error.value)
+        assert str(truncated) in message and f"last good frame is {good - 1}" in message
+        if use_cache:
+            assert not (source.cache_folder / "meta.json").exists()  # a partial cache is never reused
+
+
+def _frames_until_error(path):
+    container = av.open(str(path))
+    try:
+        for frame in container.decode(video=0):
+            yield frame
+    except av.FFmpegError:
+        return
+    finally:
+        container.close()
+
+
+def test_image_files_source_equals_the_in_memory_read(tmp_path, mp4):
+    from sampt.datamodules.ytvos import read_frames_resized
+    from PIL import Image
+
+    frames = _decoded_whole(mp4)[:6]
+    paths = []
+    for t, frame in enumerate(frames):
+        paths.append(tmp_path / f"{t:05d}.png")
+        Image.fromarray(frame.permute(1, 2, 0).numpy()).save(paths[-1])
+    expected, original = read_frames_resized(paths, 64)
+    source = ImageFilesFrames(paths, tuple(expected.shape[-2:]), original, chunk_frames=2)
+    assert torch.equal(source.to_tensor(), expected) and torch.equal(source[4], expected[4])
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(paths[5])
+    with pytest.raises(InputFormatError, match="00005.png"):
+        ImageFilesFrames(paths, tuple(expected.shape[-2:]), original)[5]
+
+
+class _CountingFrames(TensorFrames):
+    """Frames in memory that remember the largest range read at once (and do not offer the
+    tensor whole: ``to_tensor`` reads every frame, as a streaming source would)."""
+
+    in_memory = False
+
+    def __init__(self, frames):
+        super().__init__(frames)
+        self.largest_read = 0
+
+    def _read(self, start, stop):
+        self.largest_read = max(self.largest_read, stop - start)
+        return super()._read(start, stop)
+
+    def gather(self, indices):
+        return torch.stack([self[int(i)] for i in indices])
+
+    def to_tensor(self):
+        return self.read(0, self.num_frames)
+
+
+def _cotracker_checkpoint(tmp_path):
+    ref = VECTORS / "cotracker"
+    spec = importlib.util.spec_from_file_location("cotracker_init_weights", ref / "init_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path / "v1.pth"
+    torch.save(module.build_state_dict(str(ref / "state_dict_v1.json")), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("tracker_name", ["LucasKanadeTracker", "CoTrackerTracker", "RaftTracker"])
+def test_streaming_trackers_equal_the_whole_video_result(tracker_name, tmp_path, mp4):
+    """Bit-identical on these frames: each step reads the same frames and does the same float
+    operations in the same order as the whole-video path."""
+    from sampt.trackers.base import build_tracker
+
+    video = torch.load(VECTORS / "cotracker" / "video.pt", weights_only=True)["video"][:, :12]
+    if tracker_name == "CoTrackerTracker":
+        tracker = build_tracker(tracker_name, checkpoint_path=_cotracker_checkpoint(tmp_path), reuse_features=False)
+    elif tracker_name == "RaftTracker":
+        torch.manual_seed(0)
+        tracker = build_tracker(tracker_name, model="raft_small", num_flow_updates=2, batch_size=3)
+    else:
+        tracker = build_tracker(tracker_name)
+    queries = torch.tensor([[0, 100.0, 120.0], [5, 200.0, 100.0], [11, 300.0, 50.0], [7, 50.0, 200.0]])
+    with torch.no_grad():
+        whole_traj, whole_vis = tracker(video, queries[None])
+    steps = []
+    streamed = _CountingFrames(video[0])
+    traj, vis = tracker.track_frames(streamed, queries, progress=steps.append)
+    assert torch.equal(traj, whole_traj[0]) and torch.equal(vis, whole_vis[0])
+    assert sum(steps) == 2 * video.shape[1]
+    assert streamed.largest_read < video.shape[1]  # never the whole video at once
+
+
+def test_sampt_predict_streams_a_video_file_and_resumes(tmp_path, mp4, monkeypatch, capsys):
+    """A video larger than ``stream_frames_above_mib`` (0 here) is decoded once into the cache
+    and its masks written frame by frame; they equal the in-memory run's, the plan is logged,
+    and a rerun reuses the finished video."""
+    from conftest import REPO, TINY_SAM
+    from sampt.cli import main as sampt_main
+    from PIL import Image
+
+    def read_png(path):
+        return (np.asarray(Image.open(path)),)
+
+    monkeypatch.chdir(REPO)
+    points = tmp_path / "points.txt"
+    points.write_text("2\n0 ; 45,35 40,30 150,90\n")
+
+    def predict(out, stream_above):
+        sampt_main(["predict", "--config", "configs/demo.yaml", "--config", "configs/demo_tiny.yaml",
+                    "--model.init_args.method.init_args.sam.checkpoint_path", str(TINY_SAM),
+                    "--data.init_args.frames", str(mp4), "--data.init_args.query_points", str(points),
+                    "--data.init_args.max_frames", "12", "--data.init_args.stream_frames_above_mib", stream_above,
+                    "--data.init_args.frame_cache_dir", str(tmp_path / "cache"),
+                    "--model.init_args.outputs.write_overlay_gif", "false",
+                    "--model.init_args.outputs.write_overlay_mp4", "false",
+                    "--model.init_args.output_dir", str(out / "predictions"),
+                    "--trainer.logger.init_args.save_dir", str(out)])
+        return capsys.readouterr()
+
+    streamed = predict(tmp_path / "streamed", "0")
+    assert "plan: 12 frames" in streamed.out + streamed.err and "masks written frame by frame" in streamed.out + streamed.err
+    in_memory = predict(tmp_path / "memory", "null")
+    assert "held in memory" in in_memory.out + in_memory.err
+    names = sorted(p.stem for p in (tmp_path / "memory/predictions/clip").glob("*.png"))
+    assert len(names) == 12
+    for name in names:
+        a = read_png(tmp_path / "streamed/predictions/clip" / f"{name}.png")[0]
+        b = read_png(tmp_path / "memory/predictions/clip" / f"{name}.png")[0]
+        assert np.array_equal(a, b), name
+    assert (tmp_path / "streamed/overlays/clip.png").is_file()  # the strip from the kept frames
+    again = predict(tmp_path / "streamed", "0")
+    assert "1 reused" in again.out + again.err
