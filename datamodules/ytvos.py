@@ -32,11 +32,11 @@ from typing import Optional, Sequence
 import torch
 
 from sampt.errors import DatasetLayoutError, SamptError
+from sampt.frames import ImageFilesFrames
 from sampt.video import ObjectQuery, VideoItem, davis_palette
 
 from .base import VideoDataModule, VideoDataset
-from .io import (image_size, list_frame_files, longest_side_shape, read_annotation_pngs, read_rgb, resize_masks_nearest,
-                 resize_rgb)
+from .io import image_size, list_frame_files, longest_side_shape, read_annotation_pngs, resize_masks_nearest
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,11 @@ expected the YouTube-VOS 2018 layout:
 
 def read_frames_resized(paths: Sequence[Path], longest_size: Optional[int],
                         error: type[SamptError] = DatasetLayoutError) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Read image files into one preallocated ``(T, 3, H', W') uint8`` tensor.
+    """Read image files into one ``(T, 3, H', W') uint8`` tensor.
 
-    Each frame is decoded, resized (``io.resize_rgb``: the longest side becomes ``longest_size``,
-    None keeps the size) and copied into its slot, so the video is never held twice.
+    Each frame is decoded and resized (``io.resize_rgb``: the longest side becomes
+    ``longest_size``, None keeps the size) by an ``ImageFilesFrames`` and copied into its slot,
+    so the video is never held twice.
 
     Returns:
         ``(frames (T, 3, H', W') uint8, original_size (H, W))``.
@@ -71,13 +72,7 @@ def read_frames_resized(paths: Sequence[Path], longest_size: Optional[int],
         raise error("no frames to read")
     original_size = image_size(paths[0], error)
     input_size = longest_side_shape(original_size[0], original_size[1], longest_size)
-    frames = torch.empty((len(paths), 3) + input_size, dtype=torch.uint8)
-    for t, path in enumerate(paths):
-        frame = read_rgb(path, error)
-        if tuple(frame.shape[-2:]) != original_size:
-            raise error(f"frame {path} is {tuple(frame.shape[-2:])} (H, W) but {paths[0]} is {original_size}: "
-                        f"all frames of a video must have one size")
-        frames[t] = resize_rgb(frame, input_size)
+    frames = ImageFilesFrames(paths, input_size, original_size, error, chunk_frames=1).to_tensor()
     return frames, original_size
 
 

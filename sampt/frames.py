@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -119,8 +120,12 @@ class FrameSource(ABC):
         return out
 
     def to_tensor(self) -> torch.Tensor:
-        """Every frame as one ``(T, 3, H, W)`` tensor (for methods that need the whole video)."""
-        return self.read(0, self.num_frames)
+        """Every frame as one ``(T, 3, H, W)`` tensor (for methods that need the whole video),
+        filled chunk by chunk so the video is never held twice."""
+        out = torch.empty(self.shape, dtype=torch.uint8)
+        for start, frames in self.chunks(DEFAULT_CHUNK_FRAMES):
+            out[start:start + len(frames)] = frames
+        return out
 
     def chunks(self, length: int, reverse: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
         """``(start, frames)`` for consecutive ranges of at most ``length`` frames, in video
@@ -330,17 +335,18 @@ class VideoFileFrames(FrameSource):
         return state
 
     # -- the cache -------------------------------------------------------------------------------
+    @functools.cached_property
     def cache_key(self) -> dict:
-        """Everything the cached bytes depend on (a changed file or option means a new entry)."""
+        """Everything the cached bytes depend on (a changed file or option means a new entry);
+        the file is stat-ed once, when the cache is first looked at."""
         stat = self.path.stat()
         return {"format": CACHE_FORMAT, "path": str(self.path.resolve()), "file_bytes": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns, "size": list(self.size), "frame_stride": self.frame_stride,
                 "max_frames": self.max_frames, "frames": self.num_frames}
 
-    @property
+    @functools.cached_property
     def cache_folder(self) -> Path:
-        key = self.cache_key()
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps(self.cache_key, sort_keys=True).encode()).hexdigest()[:16]
         root = self.cache_root if self.cache_root is not None else frame_cache_root()
         return root / f"{self.path.stem}-{digest}"
 
@@ -356,7 +362,7 @@ class VideoFileFrames(FrameSource):
         folder = self.cache_folder
         data, meta = folder / "frames.u8", folder / "meta.json"
         with contextlib.suppress(OSError, ValueError):
-            if json.loads(meta.read_text(encoding="utf-8")) == self.cache_key() and \
+            if json.loads(meta.read_text(encoding="utf-8")) == self.cache_key and \
                     data.stat().st_size == self.num_frames * self.frame_bytes:
                 self._cache_file, self._reused_cache = data, True
                 log.info("%s: reusing the decoded frames in %s", self.path, folder)
@@ -376,7 +382,7 @@ class VideoFileFrames(FrameSource):
                     os.unlink(partial)
             from sampt.io.atomic import write_text_atomic
 
-            write_text_atomic(meta, json.dumps(self.cache_key(), sort_keys=True))
+            write_text_atomic(meta, json.dumps(self.cache_key, sort_keys=True))
         except OSError as exc:
             self._cache_failed = True
             log.warning("cannot write the decoded-frames cache %s (%s); decoding %s on demand instead "
@@ -412,7 +418,6 @@ class VideoFileFrames(FrameSource):
             from tqdm import tqdm
 
             bar = tqdm(total=stop - start, desc=f"{progress} {self.path.name}", unit="frame", leave=False)
-        index = -1
         try:
             if first > 0 and first < len(self.frame_pts):
                 container.seek(self.frame_pts[first], stream=stream, backward=True)

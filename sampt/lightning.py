@@ -21,18 +21,12 @@ from sampt.io.results import format_global_csv
 from sampt.metrics.jf import DavisJF
 from sampt.lightning_base import OutputOptions, VideoModule, say
 from sampt.methods.base import MethodResult, VosMethod
+from sampt.overlay import strip_frame_indices
 from sampt.video import VideoItem, davis_palette
 from sampt.errors import SamptError
 from sampt.writers import SequenceWriter, atomic_open, completed_sequence, zip_annotations, zip_sequences
 
 log = logging.getLogger(__name__)
-
-
-def strip_indices(num_frames: int, max_frames: int = 8) -> list[int]:
-    """The frames an overlay strip shows (``overlay.overlay_strip``'s choice)."""
-    from sampt.overlay import strip_frame_indices
-
-    return strip_frame_indices(num_frames, max_frames)
 
 
 class OutputSizeFrames:
@@ -165,8 +159,10 @@ class VosModule(VideoModule):
         return False
 
     # -- per video -----------------------------------------------------------------------------
-    def _run_video(self, video: VideoItem) -> tuple[Optional[torch.Tensor], Optional[MethodResult]]:
-        """Index masks ``(T, h, w) uint8`` and the pipeline's result for the video.
+    def _run_video(self, video: VideoItem) \
+            -> tuple[Optional[torch.Tensor], dict[int, torch.Tensor], Optional[MethodResult]]:
+        """Index masks ``(T, h, w) uint8`` (``None`` when not kept), the masks of the overlay
+        strip's frames when they were not kept, and the pipeline's result for the video.
 
         A video that a previous run finished with the same fingerprint (see
         :meth:`video_determined_by`) is not recomputed: its masks are read back when evaluation
@@ -179,19 +175,19 @@ class VosModule(VideoModule):
             if len(frames_to_save) == video.num_frames:
                 log.info("%s: complete in %s, reading it back instead of recomputing", video.name, self.output_dir)
                 paths = [self.output_dir / video.name / f"{name}.png" for name in video.frame_names]
-                return torch.from_numpy(read_sequence_masks(paths, "saved prediction")), None
+                return torch.from_numpy(read_sequence_masks(paths, "saved prediction")), {}, None
             if video.ground_truth is None:
                 log.info("%s: complete in %s, skipped", video.name, self.output_dir)
-                return None, None
+                return None, {}, None
 
         object_ids = [o.object_id for o in video.objects]
         # Short clips keep their masks (J&F, overlays); a streamed video writes each frame's PNG
         # as it comes and keeps only the few frames an overlay strip shows.
         keep_masks = video.frames.in_memory or video.ground_truth is not None
         index_masks = torch.zeros((video.num_frames, *video.output_size), dtype=torch.uint8) if keep_masks else None
-        strip_frames = set(strip_indices(video.num_frames)) if self._videos_seen < self.outputs.num_visualized_videos \
-            else set()
-        self._strip_masks = {}
+        visualized = not keep_masks and self._videos_seen < self.outputs.num_visualized_videos
+        strip_frames = set(strip_frame_indices(video.num_frames)) if visualized else set()
+        strip_masks: dict[int, torch.Tensor] = {}
         say(f"sampt: {video.name}: {format_plan(self.video_plan(video, keep_masks))}")
         video.frames.prepare()  # a video file is decoded into its cache here (with its own progress bar)
         writer = SequenceWriter(self.output_dir, video.name, video.frame_names, video.palette or davis_palette(),
@@ -220,7 +216,7 @@ class VosModule(VideoModule):
             if index_masks is not None:
                 index_masks[output.t] = mask
             elif output.t in strip_frames:
-                self._strip_masks[output.t] = mask
+                strip_masks[output.t] = mask
 
         try:
             result = self.method.run(
@@ -244,7 +240,7 @@ class VosModule(VideoModule):
             for path in self.method.write_extras(video, result, self.output_dir.parent, self._experiment(),
                                                  self.global_step):
                 log.info("%s: wrote %s", video.name, path)
-        return index_masks, result
+        return index_masks, strip_masks, result
 
     def video_plan(self, video: VideoItem, keep_masks: bool) -> dict[str, Any]:
         """How ``video`` will be read and what it will hold (see :func:`format_plan`)."""
@@ -261,12 +257,14 @@ class VosModule(VideoModule):
         return {"source": source, "method": method, "keep_masks": keep_masks, "bytes": parts,
                 "expected_peak_bytes": sum(parts.values())}
 
-    def _visualize(self, video: VideoItem, index_masks: Optional[torch.Tensor], result: Optional[MethodResult]) -> None:
+    def _visualize(self, video: VideoItem, index_masks: Optional[torch.Tensor], strip_masks: dict[int, torch.Tensor],
+                   result: Optional[MethodResult]) -> None:
+        """Overlay strip (and gif/mp4) of a video: from all its masks when they were kept, else
+        from ``strip_masks``, the strip's frames only."""
         if result is None or self._videos_seen >= self.outputs.num_visualized_videos:
             return
-        if index_masks is None:
-            index_masks = getattr(self, "_strip_masks", {})
-        if not len(index_masks):
+        shown = index_masks.numpy() if index_masks is not None else strip_masks
+        if not len(shown):
             return
         from sampt.overlay import overlay_strip, render_overlay_video, write_gif, write_mp4, write_png
 
@@ -277,7 +275,7 @@ class VosModule(VideoModule):
         palette = video.palette or davis_palette()
         num_positive = result.queries.num_positive
         object_ids = [o.object_id for o in video.objects]
-        strip = overlay_strip(frames, index_masks if isinstance(index_masks, dict) else index_masks.numpy(), palette,
+        strip = overlay_strip(frames, shown, palette,
                               trajectories, result.visibilities.numpy(), result.reasons.numpy(),
                               num_positive=num_positive, object_ids=object_ids)
         folder = self.output_dir.parent / "overlays"
@@ -285,11 +283,11 @@ class VosModule(VideoModule):
         experiment = self._experiment()
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
-        if (self.outputs.write_overlay_gif or self.outputs.write_overlay_mp4) and isinstance(index_masks, dict):
+        if (self.outputs.write_overlay_gif or self.outputs.write_overlay_mp4) and index_masks is None:
             say(f"sampt: {video.name}: no overlay gif/mp4 (the video is streamed from disk and its masks were not "
                 f"kept; they are in {self.output_dir / video.name})")
         elif self.outputs.write_overlay_gif or self.outputs.write_overlay_mp4:
-            images = render_overlay_video(frames, index_masks.numpy(), palette, trajectories,
+            images = render_overlay_video(frames, shown, palette, trajectories,
                                           result.visibilities.numpy(), result.reasons.numpy(),
                                           num_positive=num_positive, object_ids=object_ids)
             if self.outputs.write_overlay_gif:
@@ -309,8 +307,8 @@ class VosModule(VideoModule):
         self._resume_counts = dict.fromkeys(self._resume_counts, 0)
 
     def test_step(self, video: VideoItem, batch_idx: int) -> None:
-        index_masks, result = self._run_video(video)
-        self._visualize(video, index_masks, result)
+        index_masks, strip_masks, result = self._run_video(video)
+        self._visualize(video, index_masks, strip_masks, result)
         self._videos_seen += 1
         if video.ground_truth is None or index_masks is None:
             return
@@ -324,8 +322,8 @@ class VosModule(VideoModule):
         self.jf.update(video.name, None, video.ground_truth.cpu(), index_masks)
 
     def predict_step(self, video: VideoItem, batch_idx: int) -> dict[str, Any]:
-        index_masks, result = self._run_video(video)
-        self._visualize(video, index_masks, result)
+        index_masks, strip_masks, result = self._run_video(video)
+        self._visualize(video, index_masks, strip_masks, result)
         self._videos_seen += 1
         prediction: dict[str, Any] = {"name": video.name, "index_masks": index_masks,
                                       "object_ids": [o.object_id for o in video.objects]}

@@ -527,11 +527,17 @@ def _resize_video(video: torch.Tensor, interp_shape: Sequence[int], align_corner
     return out.reshape(b, t, c, *interp_shape)
 
 
+def _padded_frames(indices: Sequence[int], num_frames: int) -> list[int]:
+    """The frame each index of a time-padded clip reads: a clip shorter than the window is
+    padded by repeating its last frame."""
+    return [min(int(i), num_frames - 1) for i in indices]
+
+
 def _pad_time(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Repeat the last frame of ``x (B, T, ...)`` until it has ``length`` frames."""
+    """``x (B, T, ...)`` padded in time to ``length`` frames (see :func:`_padded_frames`)."""
     if x.shape[1] >= length:
         return x
-    return torch.cat([x, x[:, -1:].expand(-1, length - x.shape[1], *x.shape[2:])], dim=1)
+    return x[:, _padded_frames(range(length), x.shape[1])]
 
 
 @torch.no_grad()
@@ -601,7 +607,7 @@ class _ResizedFrames:
 
     Looks like the ``(T', 3, h, w)`` float video ``CoTrackerV1._forward_single`` takes (``shape``,
     ``device``, indexing by a list of frames): ``T' >= window_len`` (short clips repeat their
-    last frame, as ``_pad_time`` does), and ``reverse`` gives the time-reversed video of the
+    last frame, :func:`_padded_frames`), and ``reverse`` gives the time-reversed video of the
     backward pass. Only the frames a window encodes are ever read and resized.
     """
 
@@ -611,8 +617,8 @@ class _ResizedFrames:
 
     def __getitem__(self, indices: Sequence[int]) -> torch.Tensor:
         last = self.frames.num_frames - 1
-        clamped = [min(int(i), last) for i in indices]
-        video_frames = [last - i for i in clamped] if self.reverse else clamped
+        padded = _padded_frames(indices, self.frames.num_frames)
+        video_frames = [last - i for i in padded] if self.reverse else padded
         selected = self.frames.gather(video_frames).to(self.device)
         return _resize_video(selected[None], self.interp_shape, align_corners=False)[0]
 
@@ -635,6 +641,8 @@ class CoTrackerTracker(PointTracker):
         reuse_features: encode every frame once and reuse the maps for the backward pass
             (faster; keeps ``T x 128 x h/s x w/s`` floats alive).
     """
+
+    streams_frames = True  # track_frames reads the frames it needs, not the whole video
 
     def __init__(self, checkpoint: str = "cotracker_stride_4_wind_8", checkpoint_path: Optional[str] = None,
                  stride: Optional[int] = None, window_len: Optional[int] = None,
@@ -671,8 +679,6 @@ class CoTrackerTracker(PointTracker):
             path = os.fspath(resolve_checkpoint(self.checkpoint, self.checkpoint_path))
             load_state_dict_file(self.model, path, f"CoTracker v1 ({self.checkpoint})")
             self.weights_path = path
-
-    streams_frames = True
 
     @torch.no_grad()
     def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):

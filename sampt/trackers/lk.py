@@ -86,6 +86,8 @@ class LucasKanadeTracker(PointTracker):
         max_iterations, epsilon: LK stopping criteria per pyramid level.
     """
 
+    streams_frames = True  # track_frames reads the frames it needs, not the whole video
+
     def __init__(
         self,
         window_size: int = 21,
@@ -135,8 +137,6 @@ class LucasKanadeTracker(PointTracker):
         trajectories = torch.stack([r[0] for r in results]).to(video.device)
         visibilities = torch.stack([r[1] for r in results]).to(video.device)
         return trajectories, visibilities
-
-    streams_frames = True
 
     @torch.no_grad()
     def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):

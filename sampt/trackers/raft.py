@@ -62,6 +62,8 @@ class RaftTracker(PointTracker):
         downscale: compute flows on frames downscaled by this factor (>= 1); flows are rescaled.
     """
 
+    streams_frames = True  # track_frames reads the frames it needs, not the whole video
+
     def __init__(
         self,
         model: str = "raft_large",
@@ -180,8 +182,6 @@ class RaftTracker(PointTracker):
 
         visibilities = points_inside_frame(trajectories, height, width)
         return trajectories, visibilities
-
-    streams_frames = True
 
     @torch.no_grad()
     def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):

@@ -45,7 +45,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
-import torch
 
 from sampt.metrics.functional_jf import boundary_f_measure, region_similarity
 from sampt.methods.interactive.engine import InteractiveSession
