@@ -70,7 +70,8 @@ def child(args: argparse.Namespace) -> None:
         weights = Path(args.work) / "cotracker_v1_random.pth"
         if not weights.exists():
             torch.save(module.build_state_dict(str(ref / "state_dict_v1.json")), weights)
-        tracker = build_tracker("CoTrackerTracker", checkpoint_path=str(weights))
+        options = {} if args.support_grid_every is None else {"support_grid_every_n_frames": args.support_grid_every}
+        tracker = build_tracker("CoTrackerTracker", checkpoint_path=str(weights), **options)
     else:
         tracker = build_tracker("LucasKanadeTracker")
     data = Generic(args.video, query_points=args.points, longest_size=args.longest_size,
@@ -86,10 +87,29 @@ def child(args: argparse.Namespace) -> None:
         nonlocal kept
         kept += int((output.logits > 0).any())
 
-    pipeline.run(video, on_frame)
+    reported: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        # A line on stderr every 10 %: long cases take tens of minutes.
+        tenth = 10 * done // max(1, total)
+        if tenth > reported.get(stage, 0):
+            reported[stage] = tenth
+            print(f"{video.num_frames} frames: {stage} {10 * tenth}% after {time.perf_counter() - tic:.0f} s",
+                  file=sys.stderr, flush=True)
+
+    tracked = 0
+
+    def on_tracking(steps: int, total: int) -> None:
+        nonlocal tracked
+        tracked += steps
+        report("tracking", tracked, total)
+
+    result = pipeline.run(video, on_frame, progress=lambda t: report("segmenting", t + 1, video.num_frames),
+                          tracking_progress=on_tracking)
     elapsed = time.perf_counter() - tic
     print(json.dumps({"frames": video.num_frames, "streamed": args.streamed, "seconds": elapsed,
                       "seconds_per_frame": elapsed / video.num_frames,
+                      "tracking_seconds": result.timings.get("tracking"),
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -100,6 +120,8 @@ def main() -> None:
     parser.add_argument("--longest-size", type=int, default=1024)
     parser.add_argument("--tracker", choices=["lk", "cotracker"], default="lk")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--support-grid-every", type=int, default=None,
+                        help="CoTracker's support_grid_every_n_frames (default: SAM-PT's, 12)")
     parser.add_argument("--work", default=None, help="folder for the videos and the cache (default: a temp dir)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--video", help=argparse.SUPPRESS)
@@ -125,7 +147,9 @@ def main() -> None:
             command = [sys.executable, __file__, "--child", "--video", str(video), "--points", str(points),
                        "--tracker", args.tracker, "--threads", str(args.threads), "--work", str(work),
                        "--longest-size", str(args.longest_size)] + (["--streamed"] if streamed else [])
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            if args.support_grid_every is not None:
+                command += ["--support-grid-every", str(args.support_grid_every)]
+            output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     shortest, longest = min(args.lengths), max(args.lengths)
