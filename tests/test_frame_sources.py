@@ -198,6 +198,64 @@ def test_streaming_trackers_equal_the_whole_video_result(tracker_name, tmp_path,
     assert streamed.largest_read < video.shape[1]  # never the whole video at once
 
 
+def test_streamed_cotracker_reuses_its_encoder_maps_through_a_spill_file(tmp_path, caplog):
+    """reuse_features on a streamed clip: the backward pass reads the forward pass's maps back
+    from a temporary file (within the reference tolerance of the whole-video path, which
+    encodes other batches of frames); a spill file that cannot be written falls back to
+    encoding again (bit-identical to reuse_features=False), with a warning."""
+    from sampt.trackers.base import build_tracker
+    from sampt.trackers import cotracker
+
+    video = torch.load(VECTORS / "cotracker" / "video.pt", weights_only=True)["video"][:, :12]
+    checkpoint = _cotracker_checkpoint(tmp_path)
+    queries = torch.tensor([[0, 100.0, 120.0], [5, 200.0, 100.0], [11, 300.0, 50.0]])
+
+    def tracker(reuse):
+        return build_tracker("CoTrackerTracker", checkpoint_path=checkpoint, reuse_features=reuse,
+                             interp_shape=(192, 256), feature_spill_dir=str(tmp_path))
+
+    encoded = []
+    original_encode = cotracker.CoTrackerV1.encode
+
+    def counting_encode(self, rgbs, chunk=8):
+        encoded.append(rgbs.shape[0])
+        return original_encode(self, rgbs, chunk)
+
+    reusing = tracker(True)
+    with torch.no_grad():
+        whole_traj, whole_vis = reusing(video, queries[None])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cotracker.CoTrackerV1, "encode", counting_encode)
+        traj, vis = reusing.track_frames(_CountingFrames(video[0]), queries)
+    assert sum(encoded) == 12  # every frame once: the backward pass read the spill file
+    assert (traj - whole_traj[0]).abs().max() < 1e-3
+    assert (vis == whole_vis[0]).float().mean() > 0.99
+
+    re_encoding = tracker(False).track_frames(_CountingFrames(video[0]), queries)
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def seek(self, offset):
+            pass
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING, logger="sampt.trackers.cotracker"):
+        patch.setattr(cotracker.tempfile, "TemporaryFile", FullDisk)
+        fallback = reusing.track_frames(_CountingFrames(video[0]), queries)
+    assert "No space left on device" in caplog.text and "encodes the frames again" in caplog.text
+    assert torch.equal(fallback[0], re_encoding[0]) and torch.equal(fallback[1], re_encoding[1])
+
+
 def test_sampt_predict_streams_a_video_file_and_resumes(tmp_path, mp4, monkeypatch, capsys):
     """A video larger than ``stream_frames_above_mib`` (0 here) is decoded once into the cache
     and its masks written frame by frame; they equal the in-memory run's, the plan is logged,

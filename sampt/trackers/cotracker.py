@@ -15,22 +15,29 @@ Memory is linear in the number of frames T: the network slides a window of ``win
 with step ``window_len // 2`` and keeps only that window's feature maps; the outputs are
 ``(T, N)``-sized. With ``reuse_features=True`` the tracker additionally keeps the encoder maps of
 every frame (``128 x H/stride x W/stride`` float32, 6.3 MB per frame at 384x512, stride 4) so the
-backward pass need not re-encode the video.
+backward pass need not re-encode the video: in memory for a clip in memory, in a temporary file
+for a streamed one (``CoTrackerTracker.track_frames``).
 
 Building blocks shared with CoTracker3 (the convolutional encoder, checkpoint loading, sampling
 helpers) live here and are imported by :mod:`sampt.trackers.cotracker3`.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import tempfile
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
 from sampt.trackers.base import PointTracker
+
+log = logging.getLogger(__name__)
 
 # Registry names of the v1 checkpoints -> (stride, window_len) the network is built with.
 V1_CHECKPOINTS: dict[str, tuple[int, int]] = {
@@ -623,6 +630,65 @@ class _ResizedFrames:
         return _resize_video(selected[None], self.interp_shape, align_corners=False)[0]
 
 
+class _SpillingEncoder:
+    """The forward pass's encoder maps, encoded window by window and written to a spill file
+    for the backward pass (which reads them in reverse instead of encoding every frame again).
+
+    Indexed like the ``features`` tensor ``CoTrackerV1._forward_single`` takes, it encodes
+    exactly what that method's own ``features=None`` branch would (the frames not already
+    encoded, in one batch; the last half-window kept), so the forward pass is unchanged.
+    ``spill`` (a binary file, or None once writing failed) receives frame ``f``'s map at
+    offset ``f * frame_bytes``.
+    """
+
+    def __init__(self, model, rgbs: _ResizedFrames, spill, num_frames: int):
+        self.model, self.rgbs, self.spill, self.num_frames = model, rgbs, spill, num_frames
+        self.cache: dict[int, torch.Tensor] = {}
+        self.write_error: Optional[OSError] = None
+        self.map_shape: Optional[tuple[int, ...]] = None
+
+    def __getitem__(self, window_frames: Sequence[int]) -> torch.Tensor:
+        todo = sorted({f for f in window_frames if f not in self.cache})
+        if todo:
+            new = self.model.encode(self.rgbs[todo], chunk=len(todo))
+            self.map_shape = tuple(new.shape[1:])
+            self.cache.update({f: new[i] for i, f in enumerate(todo)})
+            self._write(todo, new)
+        fmaps = torch.stack([self.cache[f] for f in window_frames])
+        for f in [f for f in self.cache if f < window_frames[0] + self.model.window_len // 2]:
+            del self.cache[f]  # not needed by any later window
+        return fmaps
+
+    def _write(self, frames: Sequence[int], maps: torch.Tensor) -> None:
+        if self.spill is None:
+            return
+        try:
+            for f, fmap in zip(frames, maps):
+                if f < self.num_frames:  # padding frames repeat the last one
+                    data = fmap.detach().cpu().contiguous().numpy().tobytes()
+                    self.spill.seek(f * len(data))
+                    self.spill.write(data)
+        except OSError as exc:
+            self.write_error, self.spill = exc, None
+
+
+class _SpilledFeatures:
+    """The spilled maps as the backward pass reads them: index ``i`` is frame
+    ``T - 1 - i`` of the video, with short clips padded (:func:`_padded_frames`)."""
+
+    def __init__(self, spill, num_frames: int, map_shape: Sequence[int], device: torch.device):
+        self.spill, self.num_frames, self.map_shape, self.device = spill, num_frames, tuple(map_shape), device
+        self.frame_bytes = 4 * int(np.prod(self.map_shape))
+
+    def __getitem__(self, indices: Sequence[int]) -> torch.Tensor:
+        last = self.num_frames - 1
+        out = np.empty((len(indices),) + self.map_shape, dtype=np.float32)
+        for k, i in enumerate(_padded_frames(indices, self.num_frames)):
+            self.spill.seek((last - i) * self.frame_bytes)
+            self.spill.readinto(memoryview(out[k]).cast("B"))
+        return torch.from_numpy(out).to(self.device)
+
+
 class CoTrackerTracker(PointTracker):
     """SAM-PT's CoTracker v1 point tracker.
 
@@ -639,7 +705,10 @@ class CoTrackerTracker(PointTracker):
         checkpoint_path: explicit checkpoint file; skips the registry lookup/download.
         stride, window_len: override the values implied by ``checkpoint``.
         reuse_features: encode every frame once and reuse the maps for the backward pass
-            (faster; keeps ``T x 128 x h/s x w/s`` floats alive).
+            (faster). A clip in memory keeps them in memory (``T x 128 x h/s x w/s`` floats,
+            6.3 MB a frame at 384x512); a streamed one writes them to a temporary file.
+        feature_spill_dir: folder of that temporary file (None: the system's temp folder). When
+            it cannot be written (full, read-only), the backward pass encodes the frames again.
     """
 
     streams_frames = True  # track_frames reads the frames it needs, not the whole video
@@ -648,7 +717,8 @@ class CoTrackerTracker(PointTracker):
                  stride: Optional[int] = None, window_len: Optional[int] = None,
                  interp_shape: Sequence[int] = (384, 512), iters: int = 6,
                  visibility_threshold: float = 0.7, support_grid_size: int = 2,
-                 support_grid_every_n_frames: int = 12, reuse_features: bool = True):
+                 support_grid_every_n_frames: int = 12, reuse_features: bool = True,
+                 feature_spill_dir: Optional[str] = None):
         super().__init__()
         if checkpoint not in V1_CHECKPOINTS and (stride is None or window_len is None):
             raise ValueError(
@@ -666,6 +736,7 @@ class CoTrackerTracker(PointTracker):
         self.support_grid_size = support_grid_size
         self.support_grid_every_n_frames = support_grid_every_n_frames
         self.reuse_features = reuse_features
+        self.feature_spill_dir = feature_spill_dir
         self.checkpoint = checkpoint
         self.checkpoint_path = checkpoint_path
         self.weights_path: Optional[str] = None  # set by prepare(); recorded (with its md5) next to every result
@@ -684,14 +755,17 @@ class CoTrackerTracker(PointTracker):
     def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):
         """Track ``queries (N, 3)`` through a frame source, window by window (see ``PointTracker``).
 
-        Each window reads, resizes and encodes only its new frames, forward and then backward,
-        so memory does not grow with the video's frames (the encoder maps of the forward pass
-        are not kept for the backward pass, whatever ``reuse_features`` says: that would hold
-        ``T x 128 x h/s x w/s`` floats). The result equals :meth:`forward` with
-        ``reuse_features=False`` bit for bit; with ``reuse_features=True`` the encoder runs on
-        other batches of frames, which changes float summation order (within the reference
-        vectors' tolerance, 1e-3 px).
+        A clip in memory takes the whole-video :meth:`forward`. A streamed one is read window
+        by window: each window reads, resizes and encodes only its new frames, forward and then
+        backward, so memory does not grow with the video's frames. With ``reuse_features`` the
+        forward pass's encoder maps go to a temporary file that the backward pass reads back
+        (disk, not memory: 6.3 MB a frame at 384x512). The result equals :meth:`forward` bit
+        for bit with ``reuse_features=False``; with ``reuse_features=True`` the encoder sees
+        other batches of frames (4 new frames a window instead of 8 at a time), which changes
+        float summation order (within the reference vectors' tolerance, 1e-3 px).
         """
+        if frames.in_memory:
+            return super().track_frames(frames, queries, device, query_masks, progress)
         self.prepare()
         device = next(self.model.parameters()).device
         num_frames, (height, width) = frames.num_frames, frames.size
@@ -704,15 +778,34 @@ class CoTrackerTracker(PointTracker):
         grid = support_grid(self.support_grid_size, self.interp_shape, device=device)
         model_queries = torch.cat([q, grid_queries(grid, range(0, num_frames, self.support_grid_every_n_frames))])
 
-        def one_pass(reverse: bool, pass_queries: torch.Tensor):
+        def one_pass(reverse: bool, pass_queries: torch.Tensor, features=None):
             rgbs = _ResizedFrames(frames, self.interp_shape, device, reverse, s)
-            traj, vis, _ = self.model._forward_single(rgbs, pass_queries, self.iters, None, None)
+            traj, vis, _ = self.model._forward_single(rgbs, pass_queries, self.iters, features, None)
             if progress is not None:
                 progress(num_frames)
             return traj[None, :num_frames], vis[None, :num_frames]
 
-        fwd_traj, fwd_vis = one_pass(False, model_queries)
-        bwd_traj, bwd_vis = one_pass(True, mirror_query_frames(model_queries, num_frames))
+        with contextlib.ExitStack() as stack:
+            spill = None
+            if self.reuse_features:
+                try:
+                    spill = stack.enter_context(tempfile.TemporaryFile(dir=self.feature_spill_dir))
+                except OSError as exc:
+                    log.warning("cannot create a file for CoTracker's encoder maps in %s (%s); the backward "
+                                "pass encodes the frames again", self.feature_spill_dir or tempfile.gettempdir(),
+                                exc)
+            encoder = None
+            if spill is not None:
+                encoder = _SpillingEncoder(self.model, _ResizedFrames(frames, self.interp_shape, device, False, s),
+                                           spill, num_frames)
+            fwd_traj, fwd_vis = one_pass(False, model_queries, encoder)
+            backward_features = None
+            if encoder is not None and encoder.write_error is not None:
+                log.warning("cannot write CoTracker's encoder maps (%s); the backward pass encodes the frames "
+                            "again", encoder.write_error.strerror or encoder.write_error)
+            elif encoder is not None:
+                backward_features = _SpilledFeatures(spill, num_frames, encoder.map_shape, device)
+            bwd_traj, bwd_vis = one_pass(True, mirror_query_frames(model_queries, num_frames), backward_features)
         merged_traj, merged_vis = _merge_backward_zero_rule(fwd_traj, fwd_vis, bwd_traj.flip(1), bwd_vis.flip(1))
         traj = merged_traj[0, :, :n].clone()
         traj[:, :, 0] *= width / float(iw)
