@@ -446,7 +446,8 @@ class CoTrackerV1(nn.Module):
         traj = torch.zeros((num_frames, n, 2), device=device)
         vis_logits = torch.zeros((num_frames, n), device=device)
         feat_init = None
-        cache: dict[int, torch.Tensor] = {}
+        if features is None:
+            features = _WindowEncoder(self, rgbs)
         prev_count = 0
         coords = vis = None
         if debug is not None:
@@ -458,16 +459,7 @@ class CoTrackerV1(nn.Module):
             # Frames past the end repeat the last frame (the original pads the window).
             window_frames = frame_ids[start : start + s].tolist()
             window_frames += [num_frames - 1] * (s - len(window_frames))
-            if features is not None:
-                fmaps = features[window_frames]
-            else:
-                todo = sorted({f for f in window_frames if f not in cache})
-                if todo:
-                    new = self.encode(rgbs[todo], chunk=len(todo))
-                    cache.update({f: new[i] for i, f in enumerate(todo)})
-                fmaps = torch.stack([cache[f] for f in window_frames])
-                for f in [f for f in cache if f < start + half]:
-                    del cache[f]  # not needed by any later window
+            fmaps = features[window_frames]
             if debug is not None:
                 debug["window_fmaps"].append(fmaps)
 
@@ -630,19 +622,20 @@ class _ResizedFrames:
         return _resize_video(selected[None], self.interp_shape, align_corners=False)[0]
 
 
-class _SpillingEncoder:
-    """The forward pass's encoder maps, encoded window by window and written to a spill file
-    for the backward pass (which reads them in reverse instead of encoding every frame again).
+class _WindowEncoder:
+    """Encoder maps as ``CoTrackerV1._forward_single`` reads them window by window, when no
+    precomputed ``features`` are given: each window encodes the frames not already encoded, in
+    one batch, and the last half-window is kept for the next.
 
-    Indexed like the ``features`` tensor ``CoTrackerV1._forward_single`` takes, it encodes
-    exactly what that method's own ``features=None`` branch would (the frames not already
-    encoded, in one batch; the last half-window kept), so the forward pass is unchanged.
-    ``spill`` (a binary file, or None once writing failed) receives frame ``f``'s map at
-    offset ``f * frame_bytes``.
+    ``spill`` (a binary file) additionally receives frame ``f``'s map at offset
+    ``f * frame_bytes``, so a backward pass can read the maps back (:class:`_SpilledFeatures`)
+    instead of encoding every frame again; after a write error it is dropped and
+    ``write_error`` says why.
     """
 
-    def __init__(self, model, rgbs: _ResizedFrames, spill, num_frames: int):
-        self.model, self.rgbs, self.spill, self.num_frames = model, rgbs, spill, num_frames
+    def __init__(self, model, rgbs, spill=None, num_frames: Optional[int] = None):
+        self.model, self.rgbs, self.spill = model, rgbs, spill
+        self.num_frames = rgbs.shape[0] if num_frames is None else num_frames
         self.cache: dict[int, torch.Tensor] = {}
         self.write_error: Optional[OSError] = None
         self.map_shape: Optional[tuple[int, ...]] = None
@@ -796,7 +789,7 @@ class CoTrackerTracker(PointTracker):
                                 exc)
             encoder = None
             if spill is not None:
-                encoder = _SpillingEncoder(self.model, _ResizedFrames(frames, self.interp_shape, device, False, s),
+                encoder = _WindowEncoder(self.model, _ResizedFrames(frames, self.interp_shape, device, False, s),
                                            spill, num_frames)
             fwd_traj, fwd_vis = one_pass(False, model_queries, encoder)
             backward_features = None
