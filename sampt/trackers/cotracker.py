@@ -762,14 +762,8 @@ class CoTrackerTracker(PointTracker):
         self.prepare()
         device = next(self.model.parameters()).device
         num_frames, (height, width) = frames.num_frames, frames.size
-        ih, iw = self.interp_shape
         s = self.model.window_len
-        q = queries.float().clone().to(device)
-        q[:, 1] *= iw / width
-        q[:, 2] *= ih / height
-        n = q.shape[0]
-        grid = support_grid(self.support_grid_size, self.interp_shape, device=device)
-        model_queries = torch.cat([q, grid_queries(grid, range(0, num_frames, self.support_grid_every_n_frames))])
+        model_queries = self._model_queries(queries.to(device), num_frames, height, width)
 
         def one_pass(reverse: bool, pass_queries: torch.Tensor, features=None):
             rgbs = _ResizedFrames(frames, self.interp_shape, device, reverse, s)
@@ -800,10 +794,29 @@ class CoTrackerTracker(PointTracker):
                 backward_features = _SpilledFeatures(spill, num_frames, encoder.map_shape, device)
             bwd_traj, bwd_vis = one_pass(True, mirror_query_frames(model_queries, num_frames), backward_features)
         merged_traj, merged_vis = _merge_backward_zero_rule(fwd_traj, fwd_vis, bwd_traj.flip(1), bwd_vis.flip(1))
-        traj = merged_traj[0, :, :n].clone()
-        traj[:, :, 0] *= width / float(iw)
-        traj[:, :, 1] *= height / float(ih)
-        return traj.cpu(), (merged_vis[0, :, :n] > self.visibility_threshold).cpu()
+        traj, vis = self._input_pixel_tracks(merged_traj[0], merged_vis[0], queries.shape[0], height, width)
+        return traj.cpu(), vis.cpu()
+
+    def _model_queries(self, queries: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """Queries ``(..., N, 3)`` in input pixels -> model pixels, followed by the support grid's
+        queries (``support_grid_size``^2 points every ``support_grid_every_n_frames`` frames)."""
+        ih, iw = self.interp_shape
+        q = queries.float().clone()
+        q[..., 1] *= iw / width
+        q[..., 2] *= ih / height
+        grid = support_grid(self.support_grid_size, self.interp_shape, device=q.device)
+        extra = grid_queries(grid, range(0, num_frames, self.support_grid_every_n_frames))
+        return torch.cat([q, extra.expand(*q.shape[:-2], *extra.shape)], dim=-2)
+
+    def _input_pixel_tracks(self, merged_traj: torch.Tensor, merged_vis: torch.Tensor, num_queries: int,
+                            height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``num_queries`` tracks ``(..., T, N', 2)`` (not the support grid's) in input
+        pixels, and their visibility ``probability > visibility_threshold``."""
+        ih, iw = self.interp_shape
+        traj = merged_traj[..., :num_queries, :].clone()
+        traj[..., 0] *= width / float(iw)
+        traj[..., 1] *= height / float(ih)
+        return traj, merged_vis[..., :num_queries] > self.visibility_threshold
 
     def memory_plan(self, num_frames: int, size: tuple[int, int], num_points: int) -> dict:
         # Per window: its frames resized (float) and encoded; tracks of all points and the
@@ -836,16 +849,10 @@ class CoTrackerTracker(PointTracker):
 
     def _track_one(self, video, queries, details):
         _, num_frames, _, height, width = video.shape
-        ih, iw = self.interp_shape
         s = self.model.window_len
         rgbs = _resize_video(video, self.interp_shape, align_corners=False)
-        q = queries.float().clone()
-        q[:, :, 1] *= iw / width
-        q[:, :, 2] *= ih / height
-        n = q.shape[1]
-        grid = support_grid(self.support_grid_size, self.interp_shape, device=q.device)
-        extra = grid_queries(grid, range(0, num_frames, self.support_grid_every_n_frames))
-        model_queries = torch.cat([q, extra[None]], dim=1)
+        n = queries.shape[1]
+        model_queries = self._model_queries(queries, num_frames, height, width)
 
         features = None
         if self.reuse_features:
@@ -867,8 +874,5 @@ class CoTrackerTracker(PointTracker):
                            bwd_queries=bwd_queries, bwd_traj=bwd_traj, bwd_vis=bwd_vis,
                            merged_traj=merged_traj, merged_vis=merged_vis,
                            visibility_probs=merged_vis[:, :, :n])
-        traj = merged_traj[:, :, :n].clone()
-        traj[:, :, :, 0] *= width / float(iw)
-        traj[:, :, :, 1] *= height / float(ih)
-        return traj, merged_vis[:, :, :n] > self.visibility_threshold
+        return self._input_pixel_tracks(merged_traj, merged_vis, n, height, width)
 
