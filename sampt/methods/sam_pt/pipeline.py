@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sampt.frames import FrameSource, as_frame_source
+from sampt.frames import FrameSource, TensorFrames, as_frame_source
 from sampt.methods.base import FrameOutput, MethodResult
 from sampt.methods.sam_pt.options import SamPtConfig
 from sampt.sam.model import ImageEmbedding, SamModel
@@ -191,6 +191,11 @@ class SamPt:
         trajectories = torch.zeros(num_frames, num_objects, num_points, 2)
         visibilities = torch.zeros(num_frames, num_objects, num_points, dtype=torch.bool)
         step = self.config.batching.point_tracker_mask_batch_size
+        tracker_frames = frames
+        if frames.in_memory or not self.tracker.streams_frames:
+            # The whole video is read (and moved to the device) once for all tracker calls, not
+            # once per call of point_tracker_mask_batch_size objects.
+            tracker_frames = TensorFrames(frames.to_tensor().to(self.device), frames.describe())
         with torch.no_grad():
             for start in range(0, num_objects, step):
                 chunk = queries.points[start : start + step]
@@ -198,7 +203,7 @@ class SamPt:
                 if self.tracker.uses_query_masks and queries.query_masks.numel():
                     # Trackers that match keypoints inside each object's mask (SuperGlue) get them.
                     query_masks = queries.query_masks[start : start + step]
-                traj, vis = self.tracker.track_frames(frames, chunk.reshape(-1, 3), self.device,
+                traj, vis = self.tracker.track_frames(tracker_frames, chunk.reshape(-1, 3), self.device,
                                                       query_masks=query_masks, progress=progress)
                 m = chunk.shape[0]
                 trajectories[:, start : start + m] = traj.reshape(num_frames, m, num_points, 2)
