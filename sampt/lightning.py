@@ -63,6 +63,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     if method:
         how = "streams the frames" if method.get("tracker_streams") else "reads the whole video"
         parts.append(f"tracker {method['tracker']} {how} ({_mib(method.get('tracker_bytes', 0))})")
+        disk = method.get("tracker_disk") or {}
+        if disk.get("bytes"):
+            parts.append(f"tracker scratch on disk in {disk['dir']} ({_mib(disk['bytes'])})")
     parts.append("masks kept in memory" if plan["keep_masks"] else "masks written frame by frame")
     parts.append(f"expected peak beyond the models ~{_mib(plan['expected_peak_bytes'])}")
     return "plan: " + "; ".join(parts)

@@ -256,6 +256,63 @@ def test_streamed_cotracker_reuses_its_encoder_maps_through_a_spill_file(tmp_pat
     assert torch.equal(fallback[0], re_encoding[0]) and torch.equal(fallback[1], re_encoding[1])
 
 
+def test_memory_plans_say_what_each_tracker_holds_for_the_source_it_gets(tmp_path):
+    """The plan asks the tracker about the very source it will track: CoTracker v1 reads a clip
+    in memory whole (with every frame's encoder maps in RAM) and streams any other source, whose
+    spill file on disk is the size the plan says; Lucas-Kanade streams both."""
+    import os
+
+    from sampt.lightning import format_plan
+    from sampt.trackers.base import build_tracker
+    from sampt.trackers import cotracker
+
+    video = torch.load(VECTORS / "cotracker" / "video.pt", weights_only=True)["video"][0, :12]
+    queries = torch.tensor([[0, 100.0, 120.0], [5, 200.0, 100.0]])
+    tracker = build_tracker("CoTrackerTracker", checkpoint_path=_cotracker_checkpoint(tmp_path),
+                            interp_shape=(192, 256), feature_spill_dir=str(tmp_path))
+    in_memory, streamed = TensorFrames(video), _CountingFrames(video)
+    whole_plan, streamed_plan = tracker.memory_plan(in_memory, 2), tracker.memory_plan(streamed, 2)
+    feature_bytes = 128 * (192 // 4) * (256 // 4) * 4
+    assert (tracker.streams(in_memory), tracker.streams(streamed)) == (False, True)
+    assert whole_plan["streams"] is False and whole_plan["disk_bytes"] == 0
+    long = video[:1].expand(1200, -1, -1, -1)  # a 1200-frame clip, for the plans only
+    assert tracker.memory_plan(TensorFrames(long), 2)["bytes"] > 1200 * feature_bytes
+    assert tracker.memory_plan(_CountingFrames(long), 2)["bytes"] < 100 * feature_bytes
+    assert streamed_plan["disk_dir"] == str(tmp_path)
+
+    spill_sizes = []
+    original = cotracker.tempfile.TemporaryFile
+
+    class MeasuredSpill:
+        def __init__(self, *args, **kwargs):
+            self.file = original(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            spill_sizes.append(os.fstat(self.file.fileno()).st_size)
+            self.file.close()
+            return False
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cotracker.tempfile, "TemporaryFile", MeasuredSpill)
+        tracker.track_frames(streamed, queries)
+    assert spill_sizes == [streamed_plan["disk_bytes"]] == [12 * feature_bytes]
+
+    lk = build_tracker("LucasKanadeTracker")
+    assert lk.streams(in_memory) and lk.streams(streamed) and lk.memory_plan(streamed, 2)["disk_bytes"] == 0
+    plan = {"source": {"kind": "VideoFileFrames", "frames": 12, "size": [64, 96], "file": "clip.mp4"},
+            "method": {"tracker": "CoTrackerTracker", "tracker_streams": True,
+                       "tracker_bytes": streamed_plan["bytes"],
+                       "tracker_disk": {"bytes": streamed_plan["disk_bytes"], "dir": streamed_plan["disk_dir"]}},
+            "keep_masks": False, "expected_peak_bytes": 2**20}
+    assert f"tracker scratch on disk in {tmp_path} (18 MiB)" in format_plan(plan)
+
+
 def test_sampt_predict_streams_a_video_file_and_resumes(tmp_path, mp4, monkeypatch, capsys):
     """A video larger than ``stream_frames_above_mib`` (0 here) is decoded once into the cache
     and its masks written frame by frame; they equal the in-memory run's, the plan is logged,

@@ -60,10 +60,6 @@ class PointTracker(nn.Module, ABC):
     #: pipeline then passes them (M objects, queries grouped per object in order).
     uses_query_masks: bool = False
 
-    #: True for trackers whose :meth:`track_frames` reads the frames in bounded windows (memory
-    #: independent of the video's length); the others read the whole video there.
-    streams_frames: bool = False
-
     @property
     def init_options(self) -> dict[str, Any]:
         return dict(self.__dict__.get("_init_options", {}))
@@ -80,6 +76,12 @@ class PointTracker(nn.Module, ABC):
         Returns ``(trajectories (B, T, N, 2) float32, visibilities (B, T, N) bool)``.
         """
 
+    def streams(self, frames: "FrameSource") -> bool:
+        """True when :meth:`track_frames` reads ``frames`` in bounded windows (memory independent
+        of the video's length); False when it reads the whole video into one tensor (this
+        default). The pipeline and the memory plan both ask it."""
+        return False
+
     def track_frames(self, frames: "FrameSource", queries: torch.Tensor, device: Optional[torch.device] = None,
                      query_masks: Optional[torch.Tensor] = None, progress: Optional[TrackingProgress] = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +89,7 @@ class PointTracker(nn.Module, ABC):
 
         Returns ``(trajectories (T, N, 2) float32, visibilities (T, N) bool)`` on the CPU, equal
         to :meth:`forward` on the whole video. This default reads the whole video into one
-        tensor on ``device``; trackers with ``streams_frames`` override it to read windows.
+        tensor on ``device``; trackers that stream (:meth:`streams`) override it to read windows.
         ``query_masks (M, H, W)`` go to trackers with ``uses_query_masks``.
         """
         video = frames.to_tensor()[None].to(device)
@@ -97,12 +99,13 @@ class PointTracker(nn.Module, ABC):
             progress(2 * frames.num_frames)
         return trajectories[0].float().cpu(), visibilities[0].bool().cpu()
 
-    def memory_plan(self, num_frames: int, size: tuple[int, int], num_points: int) -> dict[str, Any]:
-        """What :meth:`track_frames` holds for a video: ``{"streams": bool, "bytes": estimate}``
-        (the whole uint8 video for trackers that do not stream; override with a better figure)."""
-        if self.streams_frames:
-            return {"streams": True, "bytes": 0}
-        return {"streams": False, "bytes": num_frames * 3 * size[0] * size[1]}
+    def memory_plan(self, frames: "FrameSource", num_points: int) -> dict[str, Any]:
+        """What :meth:`track_frames` holds for ``frames``: ``{"streams": bool, "bytes": memory,
+        "disk_bytes": temporary disk}`` beyond the source itself. This default: nothing more for
+        a streaming tracker or a clip already in memory, else the whole uint8 video (override
+        with a better figure)."""
+        whole = 0 if self.streams(frames) or frames.in_memory else frames.num_frames * frames.frame_bytes
+        return {"streams": self.streams(frames), "bytes": whole, "disk_bytes": 0}
 
     def required_checkpoints(self) -> list[str]:
         """Registry names of the checkpoints :meth:`prepare` will resolve: every constructor

@@ -704,8 +704,6 @@ class CoTrackerTracker(PointTracker):
             it cannot be written (full, read-only), the backward pass encodes the frames again.
     """
 
-    streams_frames = True  # track_frames reads the frames it needs, not the whole video
-
     def __init__(self, checkpoint: str = "cotracker_stride_4_wind_8", checkpoint_path: Optional[str] = None,
                  stride: Optional[int] = None, window_len: Optional[int] = None,
                  interp_shape: Sequence[int] = (384, 512), iters: int = 6,
@@ -744,20 +742,25 @@ class CoTrackerTracker(PointTracker):
             load_state_dict_file(self.model, path, f"CoTracker v1 ({self.checkpoint})")
             self.weights_path = path
 
+    def streams(self, frames) -> bool:
+        # A clip already in memory takes the whole-video forward (the reference-checked path,
+        # with all frames encoded in one batch); any other source is read window by window.
+        return not frames.in_memory
+
     @torch.no_grad()
     def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):
         """Track ``queries (N, 3)`` through a frame source, window by window (see ``PointTracker``).
 
-        A clip in memory takes the whole-video :meth:`forward`. A streamed one is read window
-        by window: each window reads, resizes and encodes only its new frames, forward and then
-        backward, so memory does not grow with the video's frames. With ``reuse_features`` the
+        A clip in memory takes the whole-video :meth:`forward` (see :meth:`streams`). Any other
+        source is read window by window: each window reads, resizes and encodes only its new
+        frames, forward and then backward, so memory does not grow with the video's frames. With ``reuse_features`` the
         forward pass's encoder maps go to a temporary file that the backward pass reads back
         (disk, not memory: 6.3 MB a frame at 384x512). The result equals :meth:`forward` bit
         for bit with ``reuse_features=False``; with ``reuse_features=True`` the encoder sees
         other batches of frames (4 new frames a window instead of 8 at a time), which changes
         float summation order (within the reference vectors' tolerance, 1e-3 px).
         """
-        if frames.in_memory:
+        if not self.streams(frames):
             return super().track_frames(frames, queries, device, query_masks, progress)
         self.prepare()
         device = next(self.model.parameters()).device
@@ -818,15 +821,25 @@ class CoTrackerTracker(PointTracker):
         traj[..., 1] *= height / float(ih)
         return traj, merged_vis[..., :num_queries] > self.visibility_threshold
 
-    def memory_plan(self, num_frames: int, size: tuple[int, int], num_points: int) -> dict:
-        # Per window: its frames resized (float) and encoded; tracks of all points and the
-        # support grid (which grows with the video: support_grid_size^2 points every n frames).
+    def memory_plan(self, frames, num_points: int) -> dict:
+        # Frames resized to interp_shape (float) and their encoder maps (128 channels at 1/stride):
+        # a window's worth when streaming, the whole clip otherwise. Streaming with
+        # reuse_features spills the forward pass's maps to disk for the backward pass. Tracks
+        # cover all points and the support grid (which grows with the video: support_grid_size^2
+        # points every support_grid_every_n_frames frames).
         h, w = self.interp_shape
-        stride, s = self.model.stride, self.model.window_len
-        window = s * (3 * h * w + 128 * (h // stride) * (w // stride) * 4 // 3) * 4
+        stride, num_frames = self.model.stride, frames.num_frames
+        rgb_bytes = 3 * h * w * 4
+        feature_bytes = 128 * (h // stride) * (w // stride) * 4
         grid_points = self.support_grid_size ** 2 * -(-num_frames // self.support_grid_every_n_frames)
         tracks = 3 * num_frames * (num_points + grid_points) * 4 * 4
-        return {"streams": True, "bytes": window + tracks}
+        if not self.streams(frames):
+            features = num_frames * feature_bytes if self.reuse_features else 0
+            return {"streams": False, "bytes": num_frames * rgb_bytes + features + tracks, "disk_bytes": 0}
+        window = self.model.window_len * (rgb_bytes + feature_bytes * 4 // 3)
+        spill = num_frames * feature_bytes if self.reuse_features else 0
+        return {"streams": True, "bytes": window + tracks, "disk_bytes": spill,
+                "disk_dir": (self.feature_spill_dir or tempfile.gettempdir()) if spill else None}
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor, queries: torch.Tensor, details: Optional[dict] = None):

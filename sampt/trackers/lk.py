@@ -86,8 +86,6 @@ class LucasKanadeTracker(PointTracker):
         max_iterations, epsilon: LK stopping criteria per pyramid level.
     """
 
-    streams_frames = True  # track_frames reads the frames it needs, not the whole video
-
     def __init__(
         self,
         window_size: int = 21,
@@ -137,6 +135,9 @@ class LucasKanadeTracker(PointTracker):
         trajectories = torch.stack([r[0] for r in results]).to(video.device)
         visibilities = torch.stack([r[1] for r in results]).to(video.device)
         return trajectories, visibilities
+
+    def streams(self, frames) -> bool:
+        return True  # track_frames reads frame pairs as it goes, from any source
 
     @torch.no_grad()
     def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):

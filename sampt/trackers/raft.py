@@ -62,8 +62,6 @@ class RaftTracker(PointTracker):
         downscale: compute flows on frames downscaled by this factor (>= 1); flows are rescaled.
     """
 
-    streams_frames = True  # track_frames reads the frames it needs, not the whole video
-
     def __init__(
         self,
         model: str = "raft_large",
@@ -182,6 +180,9 @@ class RaftTracker(PointTracker):
 
         visibilities = points_inside_frame(trajectories, height, width)
         return trajectories, visibilities
+
+    def streams(self, frames) -> bool:
+        return True  # track_frames reads frame pairs as it goes, from any source
 
     @torch.no_grad()
     def track_frames(self, frames, queries, device=None, query_masks=None, progress=None):

@@ -80,12 +80,13 @@ class SamPtMethod(VosMethod):
         if video.objects and video.objects[0].points is not None:
             num_points = max(len(o.points) for o in video.objects)
         tracked = min(len(video.objects), self.config.batching.point_tracker_mask_batch_size) * num_points
-        tracker = self.tracker.memory_plan(num_frames, size, tracked)
+        tracker = self.tracker.memory_plan(video.frames, tracked)
         frame_bytes = 3 * size[0] * size[1]
         return {
             "tracker": type(self.tracker).__name__,
             "tracker_streams": tracker["streams"],
             "tracker_bytes": tracker["bytes"],
+            "tracker_disk": {"bytes": tracker.get("disk_bytes", 0), "dir": tracker.get("disk_dir")},
             # trajectories (float32 x, y), visibilities and reasons, with a copy while merged
             "tracks_bytes": 2 * num_frames * len(video.objects) * num_points * 10,
             # a SAM batch: its frames and image embeddings (256 x 64 x 64 float32 each)

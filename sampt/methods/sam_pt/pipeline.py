@@ -181,9 +181,9 @@ class SamPt:
               progress: Optional[TrackingProgress] = None) -> Tracks:
         """Track all objects' points, ``point_tracker_mask_batch_size`` objects per tracker call.
 
-        ``frames`` is a ``FrameSource`` (or a tensor, wrapped): trackers with ``streams_frames``
-        read it window by window, the others whole. ``progress(n)``: n more frame steps of
-        ``2 T`` per tracker call (see :meth:`tracking_steps`).
+        ``frames`` is a ``FrameSource`` (or a tensor, wrapped): trackers that stream it
+        (``tracker.streams(frames)``) read it window by window, the others whole.
+        ``progress(n)``: n more frame steps of ``2 T`` per tracker call (see :meth:`tracking_steps`).
         """
         frames = as_frame_source(frames)
         num_frames, (height, width) = frames.num_frames, frames.size
@@ -192,7 +192,7 @@ class SamPt:
         visibilities = torch.zeros(num_frames, num_objects, num_points, dtype=torch.bool)
         step = self.config.batching.point_tracker_mask_batch_size
         tracker_frames = frames
-        if frames.in_memory or not self.tracker.streams_frames:
+        if frames.in_memory or not self.tracker.streams(frames):
             # The whole video is read (and moved to the device) once for all tracker calls, not
             # once per call of point_tracker_mask_batch_size objects.
             tracker_frames = TensorFrames(frames.to_tensor().to(self.device), frames.describe())
