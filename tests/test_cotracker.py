@@ -36,7 +36,8 @@ PX_TOL = 1e-3  # trajectories, any case, model or input pixels
 PROB_TOL = 1e-4  # probabilities
 FEAT_TOL = 1e-4  # encoder outputs and query features
 
-pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"reference folder {REF} is not present")
+pytestmark = [pytest.mark.skipif(not REF.is_dir(), reason=f"reference folder {REF} is not present"),
+              pytest.mark.usefixtures("two_threads")]
 
 
 def _max_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
