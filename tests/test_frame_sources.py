@@ -195,6 +195,7 @@ def test_streaming_trackers_equal_the_whole_video_result(tracker_name, tmp_path,
     traj, vis = tracker.track_frames(streamed, queries, progress=steps.append)
     assert torch.equal(traj, whole_traj[0]) and torch.equal(vis, whole_vis[0])
     assert sum(steps) == 2 * video.shape[1]
+    assert len(steps) > 2 and all(n > 0 for n in steps)  # progress within each pass, not once a pass
     assert streamed.largest_read < video.shape[1]  # never the whole video at once
 
 

@@ -421,10 +421,11 @@ class CoTrackerV1(nn.Module):
         ]
         return tuple(torch.stack(parts) for parts in zip(*outs))
 
-    def _forward_single(self, rgbs, queries, iters, features, debug):
+    def _forward_single(self, rgbs, queries, iters, features, debug, frames_done=None):
         """One video: rgbs ``(T, 3, H, W)``, queries ``(N, 3)``, features ``(T, C, h, w)`` or None.
 
         Returns ``(traj (T, N, 2), probabilities (T, N), query features (S, N, C))``.
+        ``frames_done(t)`` (optional) is called as windows finish: frames ``0..t-1`` are final.
         """
         num_frames = rgbs.shape[0]
         n = queries.shape[0]
@@ -456,6 +457,8 @@ class CoTrackerV1(nn.Module):
 
         start = 0
         while start < num_frames - half:
+            if frames_done is not None and start:
+                frames_done(start)  # later windows overwrite only frames from start on
             # Frames past the end repeat the last frame (the original pads the window).
             window_frames = frame_ids[start : start + s].tolist()
             window_frames += [num_frames - 1] * (s - len(window_frames))
@@ -499,6 +502,8 @@ class CoTrackerV1(nn.Module):
             track_mask[: start + s, :active] = 0.0
             start += half
             prev_count = active
+        if frames_done is not None:
+            frames_done(num_frames)
 
         if feat_init is None:
             feat_init = torch.zeros((s, n, LATENT_DIM), device=device)
@@ -770,9 +775,17 @@ class CoTrackerTracker(PointTracker):
 
         def one_pass(reverse: bool, pass_queries: torch.Tensor, features=None):
             rgbs = _ResizedFrames(frames, self.interp_shape, device, reverse, s)
-            traj, vis, _ = self.model._forward_single(rgbs, pass_queries, self.iters, features, None)
-            if progress is not None:
-                progress(num_frames)
+            reported = 0
+
+            def frames_done(done: int) -> None:
+                # Per window, so a long pass shows its progress (padding frames do not count).
+                nonlocal reported
+                done = min(done, num_frames)
+                if progress is not None and done > reported:
+                    progress(done - reported)
+                    reported = done
+
+            traj, vis, _ = self.model._forward_single(rgbs, pass_queries, self.iters, features, None, frames_done)
             return traj[None, :num_frames], vis[None, :num_frames]
 
         with contextlib.ExitStack() as stack:
