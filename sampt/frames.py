@@ -354,6 +354,15 @@ class VideoFileFrames(FrameSource):
     def cached(self) -> bool:
         return self._cache_file is not None
 
+    def cache_complete(self) -> bool:
+        """Whether the cache folder holds this video's frames, decoded by an earlier run with the
+        same file and options (its key matches and the data file has every frame's bytes)."""
+        folder = self.cache_folder
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads((folder / "meta.json").read_text(encoding="utf-8")) == self.cache_key and \
+                (folder / "frames.u8").stat().st_size == self.num_frames * self.frame_bytes
+        return False
+
     def prepare(self) -> None:
         """Decode the video into the cache once (reused by later runs when the file and options
         are unchanged); on a cache that cannot be written, warn and decode on demand."""
@@ -361,12 +370,10 @@ class VideoFileFrames(FrameSource):
             return
         folder = self.cache_folder
         data, meta = folder / "frames.u8", folder / "meta.json"
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(meta.read_text(encoding="utf-8")) == self.cache_key and \
-                    data.stat().st_size == self.num_frames * self.frame_bytes:
-                self._cache_file, self._reused_cache = data, True
-                log.info("%s: reusing the decoded frames in %s", self.path, folder)
-                return
+        if self.cache_complete():
+            self._cache_file, self._reused_cache = data, True
+            log.info("%s: reusing the decoded frames in %s", self.path, folder)
+            return
         try:
             folder.mkdir(parents=True, exist_ok=True)
             partial = folder / f".frames.u8.{os.getpid()}.part"
@@ -505,8 +512,11 @@ class VideoFileFrames(FrameSource):
     def plan(self) -> dict:
         plan = {**super().plan(), "file": str(self.path)}
         if self.use_cache and not self._cache_failed:
+            # Asked before prepare(): whether prepare() will find the frames already decoded.
+            reused = self._reused_cache if self.cached else self.cache_complete()
             plan.update(cache=str(self.cache_folder), cache_disk_bytes=self.num_frames * self.frame_bytes,
-                        memory_bytes=0, decoding="once, into the cache")
+                        cache_reused=reused, memory_bytes=0,
+                        decoding="reused from the cache" if reused else "once, into the cache")
         else:
             plan.update(cache=None, memory_bytes=self.chunk_frames * self.frame_bytes,
                         decoding=f"on demand, {self.chunk_frames} frames per seek")

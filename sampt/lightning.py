@@ -21,10 +21,9 @@ from sampt.io.results import format_global_csv
 from sampt.metrics.jf import DavisJF
 from sampt.lightning_base import OutputOptions, VideoModule, say
 from sampt.methods.base import MethodResult, VosMethod
-from sampt.overlay import strip_frame_indices
 from sampt.video import VideoItem, davis_palette
 from sampt.errors import SamptError
-from sampt.writers import SequenceWriter, atomic_open, completed_sequence, zip_annotations, zip_sequences
+from sampt.writers import SequenceWriter, WrittenMasks, atomic_open, completed_sequence, zip_annotations, zip_sequences
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     parts = [f"{source['frames']} frames {source['size'][1]}x{source['size'][0]}"]
     if source["kind"] == "TensorFrames":
         parts.append(f"held in memory ({_mib(source['memory_bytes'])})")
+    elif source.get("cache") and source.get("cache_reused"):
+        parts.append(f"from {source.get('file')}, reusing the frames an earlier run decoded into {source['cache']} "
+                     f"(same file, size, mtime and options; {_mib(source['cache_disk_bytes'])} on disk)")
     elif source.get("cache"):
         parts.append(f"from {source.get('file')}, decoded once into {source['cache']} "
                      f"({_mib(source['cache_disk_bytes'])} on disk)")
@@ -163,13 +165,13 @@ class VosModule(VideoModule):
 
     # -- per video -----------------------------------------------------------------------------
     def _run_video(self, video: VideoItem) \
-            -> tuple[Optional[torch.Tensor], dict[int, torch.Tensor], Optional[MethodResult]]:
-        """Index masks ``(T, h, w) uint8`` (``None`` when not kept), the masks of the overlay
-        strip's frames when they were not kept, and the pipeline's result for the video.
+            -> tuple[Optional[torch.Tensor], Optional[WrittenMasks], Optional[MethodResult]]:
+        """Index masks ``(T, h, w) uint8`` (``None`` when not kept), the masks as written (read
+        back frame by frame, for a streamed video's overlays), and the pipeline's result.
 
         A video that a previous run finished with the same fingerprint (see
         :meth:`video_determined_by`) is not recomputed: its masks are read back when evaluation
-        needs them (every frame was saved), else ``(None, None)`` is returned.
+        needs them (every frame was saved), else ``(None, None, None)`` is returned.
         """
         frames_to_save = list(video.save_frames) if video.save_frames is not None else list(video.frame_names)
         determined_by = self.video_determined_by(video)
@@ -178,19 +180,16 @@ class VosModule(VideoModule):
             if len(frames_to_save) == video.num_frames:
                 log.info("%s: complete in %s, reading it back instead of recomputing", video.name, self.output_dir)
                 paths = [self.output_dir / video.name / f"{name}.png" for name in video.frame_names]
-                return torch.from_numpy(read_sequence_masks(paths, "saved prediction")), {}, None
+                return torch.from_numpy(read_sequence_masks(paths, "saved prediction")), None, None
             if video.ground_truth is None:
                 log.info("%s: complete in %s, skipped", video.name, self.output_dir)
-                return None, {}, None
+                return None, None, None
 
         object_ids = [o.object_id for o in video.objects]
         # Short clips keep their masks (J&F, overlays); a streamed video writes each frame's PNG
-        # as it comes and keeps only the few frames an overlay strip shows.
+        # as it comes, and its overlays read them back.
         keep_masks = video.frames.in_memory or video.ground_truth is not None
         index_masks = torch.zeros((video.num_frames, *video.output_size), dtype=torch.uint8) if keep_masks else None
-        visualized = not keep_masks and self._videos_seen < self.outputs.num_visualized_videos
-        strip_frames = set(strip_frame_indices(video.num_frames)) if visualized else set()
-        strip_masks: dict[int, torch.Tensor] = {}
         say(f"sampt: {video.name}: {format_plan(self.video_plan(video, keep_masks))}")
         video.frames.prepare()  # a video file is decoded into its cache here (with its own progress bar)
         writer = SequenceWriter(self.output_dir, video.name, video.frame_names, video.palette or davis_palette(),
@@ -218,8 +217,6 @@ class VosModule(VideoModule):
             writer.write(output.t, mask.numpy())
             if index_masks is not None:
                 index_masks[output.t] = mask
-            elif output.t in strip_frames:
-                strip_masks[output.t] = mask
 
         try:
             result = self.method.run(
@@ -243,7 +240,7 @@ class VosModule(VideoModule):
             for path in self.method.write_extras(video, result, self.output_dir.parent, self._experiment(),
                                                  self.global_step):
                 log.info("%s: wrote %s", video.name, path)
-        return index_masks, strip_masks, result
+        return index_masks, WrittenMasks(writer.written), result
 
     def video_plan(self, video: VideoItem, keep_masks: bool) -> dict[str, Any]:
         """How ``video`` will be read and what it will hold (see :func:`format_plan`)."""
@@ -260,43 +257,47 @@ class VosModule(VideoModule):
         return {"source": source, "method": method, "keep_masks": keep_masks, "bytes": parts,
                 "expected_peak_bytes": sum(parts.values())}
 
-    def _visualize(self, video: VideoItem, index_masks: Optional[torch.Tensor], strip_masks: dict[int, torch.Tensor],
+    def _visualize(self, video: VideoItem, index_masks: Optional[torch.Tensor], written: Optional[WrittenMasks],
                    result: Optional[MethodResult]) -> None:
-        """Overlay strip (and gif/mp4) of a video: from all its masks when they were kept, else
-        from ``strip_masks``, the strip's frames only."""
+        """Overlay strip, gif and mp4 of a video: from its masks when they were kept, else from
+        the PNGs as written, read back a frame at a time (the mp4 is then encoded frame by frame
+        and the gif, which would hold every frame, is left out)."""
         if result is None or self._videos_seen >= self.outputs.num_visualized_videos:
             return
-        shown = index_masks.numpy() if index_masks is not None else strip_masks
-        if not len(shown):
+        shown = index_masks.numpy() if index_masks is not None else written
+        if shown is None or not len(shown):
             return
-        from sampt.overlay import overlay_strip, render_overlay_video, write_gif, write_mp4, write_png
+        from sampt.overlay import iter_overlay_video, overlay_strip, write_gif, write_mp4, write_png
 
         # Overlays are drawn at the frame (output) size, where the masks and trajectories are:
         # the model's input frames are upscaled to it (frame by frame, when drawn).
         frames = OutputSizeFrames(video.frames, tuple(video.output_size))
-        trajectories = result.trajectories.numpy()
-        palette = video.palette or davis_palette()
-        num_positive = result.queries.num_positive
-        object_ids = [o.object_id for o in video.objects]
-        strip = overlay_strip(frames, shown, palette,
-                              trajectories, result.visibilities.numpy(), result.reasons.numpy(),
-                              num_positive=num_positive, object_ids=object_ids)
+        drawing = dict(palette=video.palette or davis_palette(), trajectories=result.trajectories.numpy(),
+                       visibilities=result.visibilities.numpy(), reasons=result.reasons.numpy(),
+                       num_positive=result.queries.num_positive, object_ids=[o.object_id for o in video.objects])
+        strip = overlay_strip(frames, shown, **drawing)
         folder = self.output_dir.parent / "overlays"
         write_png(folder / f"{video.name}.png", strip)
         experiment = self._experiment()
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
-        if (self.outputs.write_overlay_gif or self.outputs.write_overlay_mp4) and index_masks is None:
-            say(f"sampt: {video.name}: no overlay gif/mp4 (the video is streamed from disk and its masks were not "
-                f"kept; they are in {self.output_dir / video.name})")
-        elif self.outputs.write_overlay_gif or self.outputs.write_overlay_mp4:
-            images = render_overlay_video(frames, shown, palette, trajectories,
-                                          result.visibilities.numpy(), result.reasons.numpy(),
-                                          num_positive=num_positive, object_ids=object_ids)
-            if self.outputs.write_overlay_gif:
-                write_gif(folder / f"{video.name}.gif", images, max_side=480)
+        streamed = index_masks is None
+        if self.outputs.write_overlay_gif and streamed:
+            say(f"sampt: {video.name}: no overlay gif (the video is streamed and a gif holds all its frames in "
+                f"memory){'; the mp4 is written frame by frame' if self.outputs.write_overlay_mp4 else ''}")
+        elif self.outputs.write_overlay_gif:
+            images = list(iter_overlay_video(frames, shown, **drawing))  # drawn once for both files
+            write_gif(folder / f"{video.name}.gif", images, max_side=480)
             if self.outputs.write_overlay_mp4:
                 write_mp4(folder / f"{video.name}.mp4", images)
+        if self.outputs.write_overlay_mp4 and streamed:
+            images = iter_overlay_video(frames, shown, **drawing)
+            if video.num_frames >= self.outputs.frame_progress_min_frames:
+                images = tqdm(images, total=video.num_frames, desc=f"{video.name} overlay mp4", leave=False,
+                              unit="frame")
+            write_mp4(folder / f"{video.name}.mp4", images)
+        elif self.outputs.write_overlay_mp4 and not self.outputs.write_overlay_gif:
+            write_mp4(folder / f"{video.name}.mp4", iter_overlay_video(frames, shown, **drawing))
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -310,8 +311,8 @@ class VosModule(VideoModule):
         self._resume_counts = dict.fromkeys(self._resume_counts, 0)
 
     def test_step(self, video: VideoItem, batch_idx: int) -> None:
-        index_masks, strip_masks, result = self._run_video(video)
-        self._visualize(video, index_masks, strip_masks, result)
+        index_masks, written, result = self._run_video(video)
+        self._visualize(video, index_masks, written, result)
         self._videos_seen += 1
         if video.ground_truth is None or index_masks is None:
             return
@@ -325,8 +326,8 @@ class VosModule(VideoModule):
         self.jf.update(video.name, None, video.ground_truth.cpu(), index_masks)
 
     def predict_step(self, video: VideoItem, batch_idx: int) -> dict[str, Any]:
-        index_masks, strip_masks, result = self._run_video(video)
-        self._visualize(video, index_masks, strip_masks, result)
+        index_masks, written, result = self._run_video(video)
+        self._visualize(video, index_masks, written, result)
         self._videos_seen += 1
         prediction: dict[str, Any] = {"name": video.name, "index_masks": index_masks,
                                       "object_ids": [o.object_id for o in video.objects]}

@@ -12,9 +12,10 @@ Images are ``(H, W, 3) uint8`` RGB throughout.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -38,8 +39,9 @@ def _to_numpy(array: ArrayLike) -> np.ndarray:
     return np.asarray(array)
 
 
-def _palette_rgb(palette: Optional[Sequence[int]]) -> np.ndarray:
-    """``(256, 3) uint8`` colour table from a flat palette list (missing entries black)."""
+def palette_table(palette: Optional[Sequence[int]] = None) -> np.ndarray:
+    """``(256, 3) uint8`` colour table from a flat palette list (missing entries black; None =
+    DAVIS): row k is object id k's colour, in overlays and on the app's page alike."""
     flat = np.zeros(768, dtype=np.uint8)
     values = np.asarray(davis_palette() if palette is None else list(palette), dtype=np.int64)[:768]
     flat[: values.size] = np.clip(values, 0, 255)
@@ -154,7 +156,7 @@ def render_overlay(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     image = _frame_hwc(frame)
-    colours = _palette_rgb(palette)
+    colours = palette_table(palette)
     if index_mask is not None:
         mask = _to_numpy(index_mask)
         if mask.ndim != 2 or mask.dtype != np.uint8:
@@ -198,7 +200,7 @@ def render_overlay(
     return image
 
 
-def render_overlay_video(
+def iter_overlay_video(
     frames: Union[ArrayLike, Sequence[ArrayLike]],
     index_masks: Optional[ArrayLike],
     palette: Optional[Sequence[int]] = None,
@@ -207,23 +209,23 @@ def render_overlay_video(
     reasons: Optional[ArrayLike] = None,
     frame_indices: Optional[Sequence[int]] = None,
     **kwargs,
-) -> list[np.ndarray]:
-    """``render_overlay`` on every frame (or on ``frame_indices``).
+) -> Iterator[np.ndarray]:
+    """``render_overlay`` on every frame (or on ``frame_indices``), one image at a time, so that
+    a long video's overlay is encoded without holding its images.
 
     Args:
-        frames: ``(T, 3, H, W) uint8`` or a list of ``(3, H, W) uint8``.
-        index_masks: ``(T, h, w) uint8`` or None.
+        frames: ``(T, 3, H, W) uint8``, a list of ``(3, H, W) uint8`` or a frame source.
+        index_masks: ``(T, h, w) uint8``, anything indexed by frame that gives an ``(h, w) uint8``
+            mask or None (e.g. masks read back from their PNGs), or None for no masks.
         trajectories: ``(T, M, P, 2)`` (x, y) in frame pixels, or None.
         visibilities / reasons: ``(T, M, P)``, or None.
         kwargs: passed to ``render_overlay`` (alpha, num_positive, object_ids, point_radius).
 
-    Returns a list of ``(H, W, 3) uint8`` images.
+    Yields ``(H, W, 3) uint8`` images.
     """
-    num_frames = len(frames)
-    indices = range(num_frames) if frame_indices is None else frame_indices
-    images = []
+    indices = range(len(frames)) if frame_indices is None else frame_indices
     for t in indices:
-        images.append(render_overlay(
+        yield render_overlay(
             frames[t],
             None if index_masks is None else index_masks[t],
             palette,
@@ -231,8 +233,12 @@ def render_overlay_video(
             None if visibilities is None else visibilities[t],
             None if reasons is None else reasons[t],
             **kwargs,
-        ))
-    return images
+        )
+
+
+def render_overlay_video(*args, **kwargs) -> list[np.ndarray]:
+    """:func:`iter_overlay_video`'s images as a list (same arguments)."""
+    return list(iter_overlay_video(*args, **kwargs))
 
 
 def strip_frame_indices(num_frames: int, max_frames: int = 8) -> list[int]:
@@ -321,18 +327,24 @@ def write_gif(path: Union[str, Path], images: Sequence[ArrayLike], fps: float = 
                            duration=duration_ms, loop=0, disposal=1)
 
 
-def write_mp4(path: Union[str, Path], images: Sequence[ArrayLike], fps: float = 10.0) -> None:
+def write_mp4(path: Union[str, Path], images: Iterable[ArrayLike], fps: float = 10.0) -> None:
     """Write ``(H, W, 3) uint8`` RGB images as an H.264 (or MPEG-4 part 2) MP4, atomically.
 
-    Odd widths/heights are padded by one black pixel: yuv420p needs even dimensions.
+    ``images`` may be a generator (:func:`iter_overlay_video`): each image is encoded as it
+    comes, so a long video is written in the memory of one frame. Odd widths/heights are padded
+    by one black pixel: yuv420p needs even dimensions.
     """
     import av  # heavy; only needed when a video is actually written
     from fractions import Fraction
 
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    images = _check_images(images, "write_mp4")
-    height, width = images[0].shape[:2]
+    remaining = iter(images)
+    first = next(remaining, None)
+    if first is None:
+        raise ValueError("write_mp4 needs at least one image")
+    (first,) = _check_images([first], "write_mp4")
+    height, width = first.shape[:2]
     pad_h, pad_w = height % 2, width % 2
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with atomic_open(path, "wb") as handle:
@@ -342,7 +354,10 @@ def write_mp4(path: Union[str, Path], images: Sequence[ArrayLike], fps: float = 
             stream.pix_fmt = "yuv420p"
             if codec == "libx264":
                 stream.options = {"crf": "20", "preset": "veryfast"}
-            for image in images:
+            for image in itertools.chain([first], remaining):
+                (image,) = _check_images([image], "write_mp4")
+                if image.shape != first.shape:
+                    raise ValueError(f"write_mp4 images must all be one size: {image.shape}, the first {first.shape}")
                 if pad_h or pad_w:
                     image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):

@@ -26,7 +26,7 @@ import torch
 from sampt.io.atomic import atomic_open, write_text_atomic  # noqa: F401  (re-exported)
 # PNG writing lives with PNG reading in sampt.io.png (one rule); re-exported for existing callers.
 from sampt.io.png import check_palette as _check_palette
-from sampt.io.png import write_binary_png, write_index_png  # noqa: F401  (re-exported)
+from sampt.io.png import read_index_png, write_binary_png, write_index_png  # noqa: F401  (re-exported)
 from sampt.visibility import VisibilityReason
 
 PathLike = Union[str, os.PathLike]
@@ -125,6 +125,26 @@ class SequenceWriter:
         with atomic_open(_marker_path(self.out_dir, self.sequence), "w", encoding="utf-8") as handle:
             json.dump(manifest, handle)
         return [self.written[t] for t in sorted(self.written)]
+
+
+class WrittenMasks:
+    """One sequence's index masks read back from the PNGs a :class:`SequenceWriter` wrote, one
+    frame per access, so that a streamed video's overlays need not keep its masks.
+
+    Args:
+        paths: frame index -> written PNG (``SequenceWriter.written``); a frame with none
+            (not among the frames to save) reads as None, i.e. drawn without masks.
+    """
+
+    def __init__(self, paths: dict[int, Path]):
+        self.paths = dict(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, t: int) -> Optional[np.ndarray]:
+        path = self.paths.get(int(t))
+        return None if path is None else read_index_png(path, what="written mask")
 
 
 def write_sequence_pngs(

@@ -316,8 +316,9 @@ def test_memory_plans_say_what_each_tracker_holds_for_the_source_it_gets(tmp_pat
 
 def test_sampt_predict_streams_a_video_file_and_resumes(tmp_path, mp4, monkeypatch, capsys):
     """A video larger than ``stream_frames_above_mib`` (0 here) is decoded once into the cache
-    and its masks written frame by frame; they equal the in-memory run's, the plan is logged,
-    and a rerun reuses the finished video."""
+    and its masks written frame by frame; they and its overlay mp4 (encoded frame by frame from
+    the PNGs read back) equal the in-memory run's, the plan is logged and says when the decoded
+    frames are reused, and a rerun reuses the finished video."""
     from conftest import REPO, TINY_SAM
     from sampt.cli import main as sampt_main
     from PIL import Image
@@ -335,14 +336,17 @@ def test_sampt_predict_streams_a_video_file_and_resumes(tmp_path, mp4, monkeypat
                     "--data.init_args.frames", str(mp4), "--data.init_args.query_points", str(points),
                     "--data.init_args.max_frames", "12", "--data.init_args.stream_frames_above_mib", stream_above,
                     "--data.init_args.frame_cache_dir", str(tmp_path / "cache"),
-                    "--model.init_args.outputs.write_overlay_gif", "false",
-                    "--model.init_args.outputs.write_overlay_mp4", "false",
+                    "--model.init_args.outputs.write_overlay_gif", "true",
+                    "--model.init_args.outputs.write_overlay_mp4", "true",
                     "--model.init_args.output_dir", str(out / "predictions"),
                     "--trainer.logger.init_args.save_dir", str(out)])
         return capsys.readouterr()
 
     streamed = predict(tmp_path / "streamed", "0")
-    assert "plan: 12 frames" in streamed.out + streamed.err and "masks written frame by frame" in streamed.out + streamed.err
+    said = streamed.out + streamed.err
+    assert "plan: 12 frames" in said and "masks written frame by frame" in said
+    assert f"decoded once into {tmp_path / 'cache'}" in said and "reusing the frames" not in said
+    assert "clip: no overlay gif (the video is streamed" in said and "the mp4 is written frame by frame" in said
     in_memory = predict(tmp_path / "memory", "null")
     assert "held in memory" in in_memory.out + in_memory.err
     names = sorted(p.stem for p in (tmp_path / "memory/predictions/clip").glob("*.png"))
@@ -351,6 +355,16 @@ def test_sampt_predict_streams_a_video_file_and_resumes(tmp_path, mp4, monkeypat
         a = read_png(tmp_path / "streamed/predictions/clip" / f"{name}.png")[0]
         b = read_png(tmp_path / "memory/predictions/clip" / f"{name}.png")[0]
         assert np.array_equal(a, b), name
-    assert (tmp_path / "streamed/overlays/clip.png").is_file()  # the strip from the kept frames
+    assert (tmp_path / "streamed/overlays/clip.png").is_file()
+    assert not (tmp_path / "streamed/overlays/clip.gif").exists() and (tmp_path / "memory/overlays/clip.gif").is_file()
+
+    def decoded(path):
+        with av.open(str(path)) as container:
+            return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+    streamed_mp4, memory_mp4 = decoded(tmp_path / "streamed/overlays/clip.mp4"), decoded(tmp_path / "memory/overlays/clip.mp4")
+    assert streamed_mp4.shape[0] == 12 and np.array_equal(streamed_mp4, memory_mp4)
     again = predict(tmp_path / "streamed", "0")
     assert "1 reused" in again.out + again.err
+    elsewhere = predict(tmp_path / "elsewhere", "0")
+    assert f"reusing the frames an earlier run decoded into {tmp_path / 'cache'}" in elsewhere.out + elsewhere.err

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sampt.overlay import overlay_strip, render_overlay, render_overlay_video, write_gif, write_mp4, write_png
+from sampt.overlay import (iter_overlay_video, overlay_strip, render_overlay, render_overlay_video, write_gif,
+                           write_mp4, write_png)
 from sampt.video import davis_palette
 from sampt.visibility import VisibilityReason
 from sampt.writers import (
@@ -313,4 +314,34 @@ def test_gif_and_mp4_read_back(tmp_path):
     assert abs(int(decoded[4][10, 10, 0]) - 160) <= 6
     write_png(tmp_path / "o.png", images[2])
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), images[2])
+    assert _temp_leftovers(tmp_path) == []
+
+
+def test_mp4_from_a_generator_equals_the_list_and_a_bad_image_leaves_no_file(tmp_path):
+    """A streamed video's overlay is encoded as its images are drawn: a generator gives the same
+    file as the list, consumed once; an image of another size stops it with nothing written."""
+    frames = torch.stack([_grey_frame(value=v) for v in (10, 60, 110, 160)])
+    masks = np.zeros((4, 40, 60), np.uint8)
+    masks[:, 10:20, 10:30] = 1
+    drawn = []
+
+    def images():
+        for image in iter_overlay_video(frames, masks):
+            drawn.append(1)
+            yield image
+
+    write_mp4(tmp_path / "list.mp4", render_overlay_video(frames, masks))
+    write_mp4(tmp_path / "gen.mp4", images())
+    assert len(drawn) == 4
+    assert (tmp_path / "gen.mp4").read_bytes() == (tmp_path / "list.mp4").read_bytes()
+
+    def bad():
+        yield np.zeros((40, 60, 3), np.uint8)
+        yield np.zeros((42, 60, 3), np.uint8)
+
+    with pytest.raises(ValueError, match="one size"):
+        write_mp4(tmp_path / "bad.mp4", bad())
+    with pytest.raises(ValueError, match="at least one image"):
+        write_mp4(tmp_path / "none.mp4", iter(()))
+    assert not (tmp_path / "bad.mp4").exists() and not (tmp_path / "none.mp4").exists()
     assert _temp_leftovers(tmp_path) == []
