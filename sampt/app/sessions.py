@@ -33,13 +33,6 @@ class AppError(SamptError):
         self.status = status
 
 
-def palette_rgb(object_id: int) -> tuple[int, int, int]:
-    from sampt.io.png import davis_palette
-
-    palette = davis_palette()
-    return tuple(palette[3 * object_id : 3 * object_id + 3])
-
-
 def _friendly(error: BaseException) -> AppError:
     """An engine / model failure as a message (points already placed are kept by the engine)."""
     import torch
@@ -154,10 +147,12 @@ class AppSession:
     # -- reading ---------------------------------------------------------------------------
     def objects(self) -> list[dict]:
         ids = sorted(set(self.engine.object_ids) | self.pending)
+        from sampt.overlay import palette_table  # the overlays' colours (cv2 and torch: imported on use)
+
         out = []
         for object_id in ids:
             placed = object_id in self.engine.object_ids
-            out.append({"id": object_id, "colour": palette_rgb(object_id),
+            out.append({"id": object_id, "colour": [int(c) for c in palette_table()[object_id % 256]],
                         "first_frame": self.engine.first_frame(object_id) if placed else None,
                         "points": len(self.engine.points(object_id)) if placed else 0})
         return out
