@@ -23,7 +23,8 @@ from sampt.lightning_base import OutputOptions, VideoModule, say
 from sampt.methods.base import MethodResult, VosMethod
 from sampt.video import VideoItem, davis_palette
 from sampt.errors import SamptError
-from sampt.writers import SequenceWriter, WrittenMasks, atomic_open, completed_sequence, zip_annotations, zip_sequences
+from sampt.writers import (SequenceWriter, WrittenMasks, atomic_open, completed_sequence, unfinished_frames,
+                           zip_annotations, zip_sequences)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class VosModule(VideoModule):
         self.on_stale_results = on_stale_results
         self.skip_first_and_last = skip_first_and_last
         self.jf = DavisJF(skip_first_and_last=skip_first_and_last)
-        self._resume_counts = {"computed": 0, "reused": 0, "stale": 0, "unscored": 0}
+        self._resume_counts = {"computed": 0, "reused": 0, "stale": 0, "unfinished": 0, "unscored": 0}
 
     def protocol(self) -> dict[str, Any]:
         """The choices behind the numbers, logged and saved with every result."""
@@ -146,6 +147,12 @@ class VosModule(VideoModule):
 
         manifest = completed_sequence(self.output_dir, video.name, frames_to_save)
         if manifest is None:
+            left = unfinished_frames(self.output_dir, video.name)
+            if left:
+                # An interrupted run: its PNGs are kept until this run rewrites them.
+                say(f"sampt: {video.name}: {left} frames in {self.output_dir / video.name} from an earlier run that "
+                    "did not finish the video (no completion marker); recomputing it")
+                self._resume_counts["unfinished"] += 1
             return False
         if manifest.get("fingerprint") == fingerprint(determined_by):
             return True
@@ -392,6 +399,8 @@ class VosModule(VideoModule):
             line += f", {total['reused']} reused from an earlier run in {self.output_dir} (same fingerprint)"
         if total["stale"]:
             line += f", {total['stale']} recomputed because their configuration changed"
+        if total["unfinished"]:
+            line += f", {total['unfinished']} recomputed because an earlier run stopped partway through them"
         if total["unscored"]:
             line += f"; {total['unscored']} excluded from J&F (fewer than 3 frames)"
         say(line)

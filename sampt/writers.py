@@ -197,6 +197,15 @@ def completed_sequence(out_dir: PathLike, sequence: str, expected_frames: Sequen
     return manifest if all((folder / f"{name}.png").is_file() for name in expected_frames) else None
 
 
+def unfinished_frames(out_dir: PathLike, sequence: str) -> int:
+    """How many index PNGs of ``sequence`` a run left without its completion marker (it stopped
+    partway through the video); 0 when there are none or the marker is there."""
+    folder = Path(out_dir) / sequence
+    if _marker_path(out_dir, sequence).exists() or not folder.is_dir():
+        return 0
+    return sum(1 for _ in folder.glob("*.png"))
+
+
 def sequence_is_complete(out_dir: PathLike, sequence: str, expected_frames: Sequence[str]) -> bool:
     """True when a previous run finished writing exactly ``expected_frames`` of ``sequence``
     (see :func:`completed_sequence`; the configuration is not compared)."""

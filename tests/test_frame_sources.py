@@ -368,3 +368,16 @@ def test_sampt_predict_streams_a_video_file_and_resumes(tmp_path, mp4, monkeypat
     assert "1 reused" in again.out + again.err
     elsewhere = predict(tmp_path / "elsewhere", "0")
     assert f"reusing the frames an earlier run decoded into {tmp_path / 'cache'}" in elsewhere.out + elsewhere.err
+    # What an interrupted run leaves: some PNGs, no completion marker. The rerun says so and
+    # recomputes the video.
+    from sampt.writers import COMPLETION_MARKER
+
+    folder = tmp_path / "elsewhere/predictions/clip"
+    (folder / COMPLETION_MARKER).unlink()
+    for name in names[7:]:
+        (folder / f"{name}.png").unlink()
+    resumed = predict(tmp_path / "elsewhere", "0")
+    said = resumed.out + resumed.err
+    assert f"clip: 7 frames in {folder} from an earlier run that did not finish the video" in said
+    assert "1 videos: 1 computed, 1 recomputed because an earlier run stopped partway through them" in said
+    assert (folder / COMPLETION_MARKER).is_file() and len(list(folder.glob("*.png"))) == 12
