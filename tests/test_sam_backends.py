@@ -23,7 +23,7 @@ from sampt.sam.backends import (
     get_sam_variant,
     sam_variants,
 )
-from sampt.sam.model import SamModel
+from sampt.sam.model import SamModel, SegmentAnythingModel
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SAM = REPO.parent / "shared" / "vectors" / "sam-prompting" / "tiny_sam_vit.pt"
@@ -161,7 +161,7 @@ def test_tiny_build_round_trips_through_loader(backend, variant, tmp_path):
     expected = source.state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in target.state_dict().items())
 
-    model = SamModel(target, hq=get_sam_variant(backend, variant).hq, variant=f"{backend}/{variant}")
+    model = SegmentAnythingModel(target, hq=get_sam_variant(backend, variant).hq, variant=f"{backend}/{variant}")
     logits = run_tiny_forward(model)
     assert logits.shape == (1, 1, 24, 40) and torch.isfinite(logits).all()
 

@@ -224,10 +224,10 @@ def test_proposals_with_the_tiny_sam(tiny_sam):
 def test_proposals_with_a_tiny_hq_sam_use_its_own_generator():
     """HQ-SAM's encoder returns intermediate features too: only its package's generator runs it."""
     from sampt.sam.backends import CustomSamArchitecture, build_sam_module
-    from sampt.sam.model import SamModel
+    from sampt.sam.model import SegmentAnythingModel
 
     torch.manual_seed(0)
-    hq_sam = SamModel(build_sam_module("segment_anything_hq", "vit_b", CustomSamArchitecture()), hq=True)
+    hq_sam = SegmentAnythingModel(build_sam_module("segment_anything_hq", "vit_b", CustomSamArchitecture()), hq=True)
     frame = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 40, 56), dtype=np.uint8))
     masks = propose_masks(hq_sam, frame, ProposalConfig(points_per_side=2, pred_iou_thresh=-100.0,
                                                         stability_score_thresh=0.0, box_nms_thresh=1.0))

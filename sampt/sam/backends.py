@@ -41,7 +41,7 @@ from torch import nn
 from sampt.checkpoints import load_state_dict_file, resolve_checkpoint
 from sampt.errors import CheckpointError
 from sampt.registry import Registry
-from sampt.sam.model import SamModel
+from sampt.sam.model import SamModel, SegmentAnythingModel
 
 # SAM's normalisation constants (ImageNet mean/std in 0..255), shared by every package.
 _PIXEL_MEAN = [123.675, 116.28, 103.53]
@@ -479,7 +479,7 @@ def build_sam(
     module.requires_grad_(False)
     if device is not None:
         module.to(device)
-    model = SamModel(module, hq=entry.hq, hq_token_only=hq_token_only, variant=entry.label)
+    model = SegmentAnythingModel(module, hq=entry.hq, hq_token_only=hq_token_only, variant=entry.label)
     model.weights_path = weights  # recorded with every result (name and md5 of the weights used)
     return model
 

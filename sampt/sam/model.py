@@ -13,6 +13,7 @@ prompt). SAM 2's handle (:class:`sampt.sam.sam2_backend.Sam2Model`) implements t
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -39,8 +40,97 @@ class ImageEmbedding:
     original_size: tuple[int, int]
 
 
-class SamModel(nn.Module):
-    """Wraps a built SAM module; holds no per-image state (embeddings are returned, not stored).
+class SamModel(nn.Module, ABC):
+    """The calls the prompting code makes on a promptable image model; holds no per-image state
+    (embeddings are returned, not stored).
+
+    Implemented by :class:`SegmentAnythingModel` (SAM, HQ-SAM, MobileSAM and the tiny custom
+    architecture) and :class:`sampt.sam.sam2_backend.Sam2Model` (SAM 2's image model). What
+    they share is here; each implements the rest.
+
+    Args:
+        sam: the package's built module.
+        variant: human-readable variant name, for logs and results (e.g. ``"sam/vit_b"``).
+    """
+
+    def __init__(self, sam: nn.Module, variant: str):
+        super().__init__()
+        self.sam = sam
+        self.variant = variant
+        self.weights_path: Optional[Any] = None  # set by the builder that loaded the weights
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    @property
+    def backend(self) -> str:
+        """The backend's name (``segment_anything``, ``mobile_sam``, ``sam2``, ...): the variant's prefix."""
+        return self.variant.split("/")[0]
+
+    @property
+    @abstractmethod
+    def prompt_encoder(self) -> nn.Module:
+        """The package's prompt encoder (``_embed_masks``, ``no_mask_embed``, ``get_dense_pe``)."""
+
+    @property
+    @abstractmethod
+    def mask_decoder(self) -> nn.Module:
+        """The package's mask decoder."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> int:
+        """The square input side of the image encoder."""
+
+    @property
+    @abstractmethod
+    def mask_threshold(self) -> float:
+        """Logit above which a pixel is in the mask."""
+
+    @property
+    @abstractmethod
+    def pads_prompts(self) -> bool:
+        """Whether one :meth:`decode` call takes prompts of different lengths (padded and masked)."""
+
+    @abstractmethod
+    def embed_frames(self, frames: torch.Tensor) -> list[ImageEmbedding]:
+        """Embed ``(K, 3, H, W) uint8`` RGB frames in one encoder call; returns K embeddings."""
+
+    @abstractmethod
+    def prompt_tokens(self, coords: torch.Tensor, labels: torch.Tensor, box: Optional[torch.Tensor],
+                      original_size: tuple[int, int], box_in_frame_pixels: bool) -> torch.Tensor:
+        """Sparse prompt tokens ``(n_tokens, C)`` of points ``coords (n, 2)`` and ``box (4,)`` in frame pixels."""
+
+    @abstractmethod
+    def decode(self, embedding: ImageEmbedding, tokens: torch.Tensor, valid: Optional[torch.Tensor],
+               dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask-decoder call, single-mask output: ``(B, 1, 4h, 4w)`` low-res logits, ``(B, 1)`` IoU."""
+
+    @abstractmethod
+    def upscale_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """``(B, 1, h, w)`` low-res logits -> ``(B, 1, H, W)`` logits at the frame's original size."""
+
+    def mask_embedding(self, mask_input: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+        """Dense prompt embeddings ``(B, C, h, w)``: of ``mask_input (B, 1, 4h, 4w)`` low-res
+        logits, or the learnt "no mask" embedding for ``batch`` prompts without one."""
+        encoder = self.prompt_encoder
+        if mask_input is not None:
+            return encoder._embed_masks(mask_input)
+        h, w = encoder.image_embedding_size
+        return encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
+
+    def dense_positional_encoding(self) -> torch.Tensor:
+        return self.prompt_encoder.get_dense_pe()
+
+    def feedback_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """The low-res logits as the next call's mask prompt (``SamPredictor`` passes them as they are)."""
+        return low_res_logits
+
+
+class SegmentAnythingModel(SamModel):
+    """A ``segment_anything``-style ``Sam`` module (SAM, HQ-SAM, MobileSAM, custom) behind the
+    :class:`SamModel` calls.
 
     Args:
         sam: a ``Sam``-like module from one of the supported packages.
@@ -50,22 +140,10 @@ class SamModel(nn.Module):
     """
 
     def __init__(self, sam: nn.Module, hq: bool = False, hq_token_only: bool = False, variant: str = "custom"):
-        super().__init__()
-        self.sam = sam
+        super().__init__(sam, variant)
         self.hq = hq
         self.hq_token_only = hq_token_only
-        self.variant = variant
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
-        self.weights_path: Optional[Any] = None  # set by the builder that loaded the weights
-
-    @property
-    def device(self) -> torch.device:
-        return self.sam.device
-
-    @property
-    def backend(self) -> str:
-        """The backend's name (``segment_anything``, ``mobile_sam``, ...): the variant's prefix."""
-        return self.variant.split("/")[0]
 
     @property
     def image_encoder(self) -> nn.Module:
@@ -78,15 +156,6 @@ class SamModel(nn.Module):
     @property
     def mask_decoder(self) -> nn.Module:
         return self.sam.mask_decoder
-
-    def mask_embedding(self, mask_input: Optional[torch.Tensor], batch: int) -> torch.Tensor:
-        """Dense prompt embeddings ``(B, C, h, w)``: of ``mask_input (B, 1, 4h, 4w)`` low-res
-        logits, or SAM's learnt "no mask" embedding for ``batch`` prompts without one."""
-        encoder = self.prompt_encoder
-        if mask_input is not None:
-            return encoder._embed_masks(mask_input)
-        h, w = encoder.image_embedding_size
-        return encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
 
     @property
     def image_size(self) -> int:
@@ -122,14 +191,9 @@ class SamModel(nn.Module):
             ]
         return [ImageEmbedding(encoded[i : i + 1], None, input_size, original_size) for i in range(len(frames))]
 
-    def dense_positional_encoding(self) -> torch.Tensor:
-        return self.prompt_encoder.get_dense_pe()
-
-    #: Whether :meth:`decode` takes prompts of different lengths in one call (padded and masked).
-    #: HQ-SAM's decoder cannot mask its pad tokens: the prompter groups equal lengths instead.
     @property
     def pads_prompts(self) -> bool:
-        return not self.hq
+        return not self.hq  # HQ-SAM's decoder cannot mask its pad tokens: the prompter groups equal lengths
 
     def prompt_tokens(self, coords: torch.Tensor, labels: torch.Tensor, box: Optional[torch.Tensor],
                       original_size: tuple[int, int], box_in_frame_pixels: bool) -> torch.Tensor:
@@ -167,10 +231,6 @@ class SamModel(nn.Module):
                 hq_token_only=self.hq_token_only, interm_embeddings=embedding.interm_features)
         return masked_decode(self.mask_decoder, embedding.features, self.dense_positional_encoding(),
                              tokens, valid, dense)
-
-    def feedback_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:
-        """The low-res logits as the next call's mask prompt (``SamPredictor`` passes them as they are)."""
-        return low_res_logits
 
     def upscale_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """``(B, 1, 256, 256)`` low-res logits -> ``(B, 1, H, W)`` logits at the frame's original size."""

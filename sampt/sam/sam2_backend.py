@@ -148,19 +148,14 @@ class Sam2Model(SamModel):
     """
 
     def __init__(self, model: nn.Module, variant: str):
-        nn.Module.__init__(self)
+        super().__init__(model, variant)
         from sam2.utils.transforms import SAM2Transforms
 
-        self.sam = model
-        self.hq = False
-        self.hq_token_only = False
-        self.variant = variant
         # The package's own transforms (resize to the square input, normalisation, coordinate
         # scaling, upscaling); no hole filling or sprinkle removal, as SAM2ImagePredictor's defaults.
         with warnings.catch_warnings():  # the package scripts its transforms; torch deprecates jit.script
             warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
             self.transforms = SAM2Transforms(resolution=model.image_size, mask_threshold=0.0)
-        self.weights_path = None
 
     @property
     def prompt_encoder(self) -> nn.Module:
@@ -181,9 +176,6 @@ class Sam2Model(SamModel):
     @property
     def pads_prompts(self) -> bool:
         return False  # SAM 2's decoder has no way to mask pad tokens: equal lengths per call
-
-    def resize_frame(self, frame: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("SAM 2 resizes frames to its square input inside embed_frames")
 
     @torch.no_grad()
     def embed_frames(self, frames: torch.Tensor) -> list[ImageEmbedding]:
