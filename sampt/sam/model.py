@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
 
@@ -143,6 +142,9 @@ class SegmentAnythingModel(SamModel):
         super().__init__(sam, variant)
         self.hq = hq
         self.hq_token_only = hq_token_only
+        # segment_anything's transforms pull in torchvision (about a second): imported on use.
+        from segment_anything.utils.transforms import ResizeLongestSide
+
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
 
     @property
