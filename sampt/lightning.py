@@ -288,23 +288,21 @@ class VosModule(VideoModule):
         experiment = self._experiment()
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
-        streamed = index_masks is None
-        if self.outputs.write_overlay_gif and streamed:
+        gif, mp4 = self.outputs.write_overlay_gif, self.outputs.write_overlay_mp4
+        if gif and index_masks is None:
             say(f"sampt: {video.name}: no overlay gif (the video is streamed and a gif holds all its frames in "
-                f"memory){'; the mp4 is written frame by frame' if self.outputs.write_overlay_mp4 else ''}")
-        elif self.outputs.write_overlay_gif:
+                f"memory){'; the mp4 is written frame by frame' if mp4 else ''}")
+            gif = False
+        if gif:
             images = list(iter_overlay_video(frames, shown, **drawing))  # drawn once for both files
             write_gif(folder / f"{video.name}.gif", images, max_side=480)
-            if self.outputs.write_overlay_mp4:
-                write_mp4(folder / f"{video.name}.mp4", images)
-        if self.outputs.write_overlay_mp4 and streamed:
+        elif mp4:
             images = iter_overlay_video(frames, shown, **drawing)
             if video.num_frames >= self.outputs.frame_progress_min_frames:
                 images = tqdm(images, total=video.num_frames, desc=f"{video.name} overlay mp4", leave=False,
                               unit="frame")
+        if mp4:
             write_mp4(folder / f"{video.name}.mp4", images)
-        elif self.outputs.write_overlay_mp4 and not self.outputs.write_overlay_gif:
-            write_mp4(folder / f"{video.name}.mp4", iter_overlay_video(frames, shown, **drawing))
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
