@@ -64,7 +64,10 @@ def format_plan(plan: dict[str, Any]) -> str:
     else:
         parts.append(f"read from {source.get('file', 'image files')}, decoded {source.get('decoding', 'per frame')}")
     if method:
-        how = "streams the frames" if method.get("tracker_streams") else "reads the whole video"
+        if method.get("tracker_window"):
+            how = f"reads windows of {method['tracker_window']} frames (SAM-PT-reinit)"
+        else:
+            how = "streams the frames" if method.get("tracker_streams") else "reads the whole video"
         parts.append(f"tracker {method['tracker']} {how} ({_mib(method.get('tracker_bytes', 0))})")
         disk = method.get("tracker_disk") or {}
         if disk.get("bytes"):

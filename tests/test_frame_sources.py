@@ -419,3 +419,36 @@ def test_sam_pt_reinit_over_a_streaming_source_equals_the_in_memory_run(tiny_sam
     assert torch.equal(whole.trajectories.nan_to_num(-1.0), streamed.trajectories.nan_to_num(-1.0))
     assert torch.equal(whole.scores, streamed.scores)
     assert 0 < streamed_source.largest_read <= 4  # one tracker window at most
+
+
+def test_reinit_plan_counts_one_tracker_window_and_the_embedding_cache(tiny_sam):
+    """With SAM-PT-reinit the tracker only ever gets one window's clip, in memory: the plan asks
+    it about such a clip, not the whole video, and adds the window, the embedding cache (capped by
+    ``reinit_embedding_cache_mib``) and the logits waiting to be emitted."""
+    from sampt.lightning import format_plan
+    from sampt.methods.sam_pt.method import SamPtMethod
+    from sampt.methods.sam_pt.options import SamPtConfig
+    from sampt.trackers.base import build_tracker
+    from sampt.video import ObjectQuery, VideoItem
+
+    frames = torch.zeros(1, 3, 72, 128, dtype=torch.uint8).expand(3000, -1, -1, -1)
+    mask = torch.zeros(72, 128, dtype=torch.bool)
+    mask[10:30, 10:30] = True
+    video = VideoItem("long", _CountingFrames(frames), [f"{t:05d}" for t in range(3000)],
+                      [ObjectQuery(1, 0, mask), ObjectQuery(2, 100, mask)], (72, 128))
+    tracker = build_tracker("CoTrackerTracker", interp_shape=(192, 256))  # plans need no weights
+    plain = SamPtMethod.from_models(tiny_sam, tracker, SamPtConfig()).memory_plan(video)
+    config = SamPtConfig.from_flat(use_point_reinit=True, reinit_point_tracker_horizon=24, reinit_horizon=12,
+                                   reinit_embedding_cache_mib=64)
+    reinit = SamPtMethod.from_models(tiny_sam, tracker, config).memory_plan(video)
+    points = config.query.positive_points_per_mask + config.query.negative_points_per_mask
+    window = tracker.memory_plan(TensorFrames(frames[:24]), min(2, config.batching.point_tracker_mask_batch_size) * points)
+    assert reinit["tracker_window"] == 24 and reinit["tracker_streams"] is False
+    assert reinit["tracker_bytes"] == window["bytes"] and reinit["tracker_disk"]["bytes"] == 0
+    assert plain["tracker_streams"] is True and plain["tracker_disk"]["bytes"] > 50 * reinit["tracker_bytes"]
+    assert reinit["reinit_window_bytes"] == 24 * 3 * 72 * 128
+    assert reinit["reinit_cache_bytes"] == 64 * 2**20
+    assert reinit["reinit_pending_bytes"] == (12 + 100) * 2 * 256 * 256 * 4
+    line = format_plan({"source": {"kind": "ImageFilesFrames", "frames": 3000, "size": [72, 128]}, "method": reinit,
+                        "keep_masks": False, "expected_peak_bytes": 0})
+    assert "tracker CoTrackerTracker reads windows of 24 frames (SAM-PT-reinit)" in line

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from sampt.frames import TensorFrames
 from sampt.methods.base import FrameOutput, MethodResult, VosMethod
 from sampt.methods.sam_pt.options import SamPtConfig
 from sampt.methods.sam_pt.pipeline import SamPt
@@ -80,8 +81,27 @@ class SamPtMethod(VosMethod):
         if video.objects and video.objects[0].points is not None:
             num_points = max(len(o.points) for o in video.objects)
         tracked = min(len(video.objects), self.config.batching.point_tracker_mask_batch_size) * num_points
-        tracker = self.tracker.memory_plan(video.frames, tracked)
         frame_bytes = 3 * size[0] * size[1]
+        embedding_bytes = 256 * 64 * 64 * 4  # one frame's SAM image embedding (float32)
+        reinit = self.config.reinit
+        plan: dict[str, Any] = {}
+        if reinit.use_point_reinit:
+            # Reinit reads each window's frames from the source and gives the tracker that clip
+            # in memory; a zero-stride view stands for it (the plan needs its shape only).
+            horizon = min(num_frames, reinit.reinit_point_tracker_horizon)
+            window = TensorFrames(torch.zeros(1, dtype=torch.uint8).expand(horizon, 3, *size), "a reinit window")
+            tracker = self.tracker.memory_plan(window, tracked)
+            max_query_frame = max((o.query_frame for o in video.objects), default=0)
+            plan.update(
+                tracker_window=horizon,
+                reinit_window_bytes=horizon * frame_bytes,
+                # the LRU cache of recent frames' embeddings, at most reinit_embedding_cache_mib
+                reinit_cache_bytes=min(reinit.reinit_embedding_cache_mib * 2**20, num_frames * embedding_bytes),
+                # low-res logits (256 x 256 float32) of frames segmented but not yet emitted
+                reinit_pending_bytes=(reinit.reinit_horizon + max_query_frame) * len(video.objects) * 2**18,
+            )
+        else:
+            tracker = self.tracker.memory_plan(video.frames, tracked)
         return {
             "tracker": type(self.tracker).__name__,
             "tracker_streams": tracker["streams"],
@@ -89,8 +109,9 @@ class SamPtMethod(VosMethod):
             "tracker_disk": {"bytes": tracker.get("disk_bytes", 0), "dir": tracker.get("disk_dir")},
             # trajectories (float32 x, y), visibilities and reasons, with a copy while merged
             "tracks_bytes": 2 * num_frames * len(video.objects) * num_points * 10,
-            # a SAM batch: its frames and image embeddings (256 x 64 x 64 float32 each)
-            "sam_bytes": self.config.batching.frame_batch_size * (frame_bytes + 256 * 64 * 64 * 4),
+            # a SAM batch: its frames and image embeddings
+            "sam_bytes": self.config.batching.frame_batch_size * (frame_bytes + embedding_bytes),
+            **plan,
         }
 
     def weight_files(self) -> dict[str, Any]:
