@@ -12,6 +12,13 @@ wall time per frame.
 ``cotracker`` uses CoTracker v1 with the random weights of
 ``../shared/vectors/cotracker/init_weights.py``. Targets (issue 16): peak RSS at the longest
 length <= 1.3x the shortest; streamed time per frame within 10% of the in-memory path.
+
+``--cli`` measures the whole command instead of the pipeline alone: ``sampt predict`` with
+``configs/demo.yaml`` + ``configs/demo_tiny.yaml`` (tiny SAM, Lucas-Kanade), so Lightning, the
+PNG writer, the tracks files and the overlay mp4 (drawn from the PNGs read back) are in the
+figures too; peak RSS is the child's ``ru_maxrss``:
+
+    python benchmarks/bench_long_video.py --lengths 300 3000 --cli
 """
 from __future__ import annotations
 
@@ -113,6 +120,44 @@ def child(args: argparse.Namespace) -> None:
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def run_cli(args: argparse.Namespace, video: Path, points: Path, work: Path, streamed: bool) -> dict:
+    """One ``sampt predict`` in a child process (``--cli-child``): its wall time and peak RSS."""
+    import shutil
+
+    out = work / f"cli_{video.stem}_{'streamed' if streamed else 'memory'}"
+    shutil.rmtree(out, ignore_errors=True)  # a finished video would be reused, not measured
+    sampt_args = ["predict", "--config", "configs/demo.yaml", "--config", "configs/demo_tiny.yaml",
+                  "--data.init_args.frames", str(video), "--data.init_args.query_points", str(points),
+                  "--data.init_args.longest_size", str(args.longest_size),
+                  "--data.init_args.stream_frames_above_mib", "0" if streamed else "null",
+                  "--data.init_args.frame_cache_dir", str(work / "cache"),
+                  "--model.init_args.outputs.write_overlay_gif", "false",
+                  "--model.init_args.output_dir", str(out / "predictions"),
+                  "--trainer.logger.init_args.save_dir", str(out)]
+    command = [sys.executable, __file__, "--cli-child", "--threads", str(args.threads), "--", *sampt_args]
+    tic = time.perf_counter()
+    output = subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True).stdout
+    elapsed = time.perf_counter() - tic
+    peak = json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
+    frames = len(list((out / "predictions" / video.stem).glob("*.png")))
+    return {"frames": frames, "streamed": streamed, "seconds": elapsed, "seconds_per_frame": elapsed / frames,
+            "peak_rss_mib": peak, "overlay_mp4": (out / "overlays" / f"{video.stem}.mp4").is_file()}
+
+
+def cli_child(args: argparse.Namespace, sampt_args: list[str]) -> None:
+    import torch
+
+    from sampt.cli import main as sampt_main
+
+    torch.set_num_threads(args.threads)
+    try:
+        sampt_main(sampt_args)
+    except SystemExit as exit_info:
+        if exit_info.code:
+            raise
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[300, 3000])
@@ -123,14 +168,24 @@ def main() -> None:
     parser.add_argument("--support-grid-every", type=int, default=None,
                         help="CoTracker's support_grid_every_n_frames (default: SAM-PT's, 12)")
     parser.add_argument("--work", default=None, help="folder for the videos and the cache (default: a temp dir)")
+    parser.add_argument("--cli", action="store_true",
+                        help="measure `sampt predict` (demo + demo_tiny configs: tiny SAM, Lucas-Kanade) end to end")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cli-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--video", help=argparse.SUPPRESS)
     parser.add_argument("--points", help=argparse.SUPPRESS)
     parser.add_argument("--streamed", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    sampt_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if args.cli_child:
+        cli_child(args, sampt_args)
+        return
     if args.child:
         child(args)
         return
+    if args.cli and args.tracker != "lk":
+        parser.error("--cli runs configs/demo_tiny.yaml, whose tracker is Lucas-Kanade: drop --tracker")
     work = Path(args.work or tempfile.mkdtemp(prefix="sampt-long-"))
     work.mkdir(parents=True, exist_ok=True)
     width, height = args.size
@@ -144,6 +199,10 @@ def main() -> None:
             write_video(video, length, width, height)
         cases = [True, False] if length == min(args.lengths) else [True]
         for streamed in cases:
+            if args.cli:
+                rows.append(run_cli(args, video, points, work, streamed))
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             command = [sys.executable, __file__, "--child", "--video", str(video), "--points", str(points),
                        "--tracker", args.tracker, "--threads", str(args.threads), "--work", str(work),
                        "--longest-size", str(args.longest_size)] + (["--streamed"] if streamed else [])
@@ -155,7 +214,8 @@ def main() -> None:
     shortest, longest = min(args.lengths), max(args.lengths)
     streamed = {r["frames"]: r for r in rows if r["streamed"]}
     in_memory = next(r for r in rows if not r["streamed"])
-    print(f"tracker {args.tracker}, {width}x{height} -> longest side {args.longest_size}")
+    print(f"{'sampt predict' if args.cli else 'pipeline'}, tracker {args.tracker}, {width}x{height} -> longest side "
+          f"{args.longest_size}")
     print(f"peak RSS streamed: {streamed[shortest]['peak_rss_mib']:.0f} MiB at {shortest} frames, "
           f"{streamed[longest]['peak_rss_mib']:.0f} MiB at {longest} "
           f"(ratio {streamed[longest]['peak_rss_mib'] / streamed[shortest]['peak_rss_mib']:.2f}; in memory at "
