@@ -253,9 +253,10 @@ class GenericDataset(VideoDataset):
         limit = self.source.stream_frames_above_mib
         return limit is not None and num_frames * 3 * input_size[0] * input_size[1] > limit * 2**20
 
-    def _read_frames(self) -> tuple[FrameSource, list[str], list[int], tuple[int, int]]:
+    def _read_frames(self) -> tuple[FrameSource, list[str], list[int], tuple[int, int], Optional[float]]:
         """The frames (in memory, or a streaming source when larger than
-        ``stream_frames_above_mib``), their names, source indices and the original size."""
+        ``stream_frames_above_mib``), their names, source indices, the original size and the
+        frame rate (a video file's; None for a folder of frames)."""
         source = self.source
         if self.frame_paths is not None:
             indices = list(range(0, len(self.frame_paths), source.frame_stride))
@@ -270,7 +271,7 @@ class GenericDataset(VideoDataset):
             else:
                 tensor, original_size = read_frames_resized(paths, source.longest_size, error=InputFormatError)
                 frames = TensorFrames(tensor, f"frames of {source.frames}")
-            return frames, [p.stem for p in paths], indices, original_size
+            return frames, [p.stem for p in paths], indices, original_size, None
         video = VideoFileFrames(source.frames, source.longest_size, source.frame_stride, source.max_frames,
                                 cache_dir=source.frame_cache_dir, use_cache=source.decode_cache,
                                 chunk_frames=source.chunk_frames)
@@ -282,13 +283,14 @@ class GenericDataset(VideoDataset):
                 video.close()
         else:
             frames = video
-        return frames, [f"{i:05d}" for i in video.source_indices], list(video.source_indices), video.original_size
+        return (frames, [f"{i:05d}" for i in video.source_indices], list(video.source_indices), video.original_size,
+                video.fps)
 
     def load(self, index: int) -> VideoItem:
         if index != 0:
             raise IndexError(index)
         source = self.source
-        frames, frame_names, source_indices, original_size = self._read_frames()
+        frames, frame_names, source_indices, original_size, fps = self._read_frames()
         input_size = frames.size
         palette: Optional[list[int]] = None
         if self.point_lines is not None:
@@ -302,6 +304,7 @@ class GenericDataset(VideoDataset):
             objects=objects,
             output_size=original_size,
             palette=palette if palette is not None else davis_palette(),
+            fps=fps,
             meta={
                 "dataset": "generic",
                 "source": str(source.frames),

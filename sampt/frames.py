@@ -278,7 +278,8 @@ class VideoFileFrames(FrameSource):
         chunk_frames: frames decoded per seek when decoding on demand (and kept between reads).
 
     Frame ``t`` of the source is frame ``source_indices[t]`` of the file; the file is opened
-    (once, cheaply: headers and a demux pass, no decoding) when the source is made.
+    (once, cheaply: headers and a demux pass, no decoding) when the source is made. ``fps`` is
+    the source's frame rate (the file's over ``frame_stride``), None when the file gives none.
     """
 
     def __init__(self, path: Union[str, os.PathLike], longest_size: Optional[int] = None, frame_stride: int = 1,
@@ -295,6 +296,7 @@ class VideoFileFrames(FrameSource):
             listed = int(stream.frames or 0)
             pts = sorted(p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None)
             height, width = int(stream.codec_context.height), int(stream.codec_context.width)
+            rate = stream.average_rate or stream.base_rate
         except InputFormatError:
             raise
         except Exception as exc:  # FFmpeg demux errors come in many classes
@@ -315,6 +317,8 @@ class VideoFileFrames(FrameSource):
         super().__init__(len(indices), longest_side_shape(height, width, longest_size))
         self.longest_size = longest_size
         self.frame_stride = int(frame_stride)
+        #: frames per second of this source (the file's average rate over the stride); None: unknown
+        self.fps: Optional[float] = float(rate) / self.frame_stride if rate else None
         self.max_frames = max_frames
         self.use_cache = bool(use_cache)
         self.cache_root = Path(cache_dir).expanduser() if cache_dir is not None else None

@@ -76,6 +76,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     parts.append(f"expected peak beyond the models ~{_mib(plan['expected_peak_bytes'])}")
     return "plan: " + "; ".join(parts)
 
+#: Frames per second of the overlay gif/mp4 of frames whose rate is not known (image folders).
+UNKNOWN_FPS_OVERLAY = 10.0
+
 #: What a rerun does with a video an earlier run finished with another configuration.
 STALE_RESULT_ACTIONS = ("recompute", "error")
 
@@ -292,20 +295,21 @@ class VosModule(VideoModule):
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
         gif, mp4 = self.outputs.write_overlay_gif, self.outputs.write_overlay_mp4
+        fps = video.fps or UNKNOWN_FPS_OVERLAY  # a video file's overlay plays at its own speed
         if gif and index_masks is None:
             say(f"sampt: {video.name}: no overlay gif (the video is streamed and a gif holds all its frames in "
                 f"memory){'; the mp4 is written frame by frame' if mp4 else ''}")
             gif = False
         if gif:
             images = list(iter_overlay_video(frames, shown, **drawing))  # drawn once for both files
-            write_gif(folder / f"{video.name}.gif", images, max_side=480)
+            write_gif(folder / f"{video.name}.gif", images, fps=fps, max_side=480)
         elif mp4:
             images = iter_overlay_video(frames, shown, **drawing)
             if video.num_frames >= self.outputs.frame_progress_min_frames:
                 images = tqdm(images, total=video.num_frames, desc=f"{video.name} overlay mp4", leave=False,
                               unit="frame")
         if mp4:
-            write_mp4(folder / f"{video.name}.mp4", images)
+            write_mp4(folder / f"{video.name}.mp4", images, fps=fps)
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_test_epoch_start(self) -> None:

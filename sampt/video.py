@@ -56,6 +56,8 @@ class VideoItem:
         palette: optional palette (768 ints) to write index PNGs with.
         save_frames: optional subset of ``frame_names`` to write (YouTube-VOS); None = all.
         meta: anything else a data module wants to pass to writers (dataset, split, ids).
+        fps: frames per second of the T frames (a video file's rate over the frame stride), the
+            overlay videos' rate; None when unknown (folders of frames).
     """
 
     name: str
@@ -67,6 +69,7 @@ class VideoItem:
     palette: Optional[Sequence[int]] = None
     save_frames: Optional[Sequence[str]] = None
     meta: dict[str, Any] = field(default_factory=dict)
+    fps: Optional[float] = None
 
     def __post_init__(self) -> None:
         self.frames = as_frame_source(self.frames)

@@ -57,6 +57,7 @@ def test_video_file_cached_and_on_demand_equal_a_sequential_decode(mp4, tmp_path
     expected = _decoded_whole(mp4, longest_size=128, stride=2)
     cached = VideoFileFrames(mp4, longest_size=128, frame_stride=2, cache_dir=tmp_path)
     assert cached.shape == expected.shape
+    assert cached.fps == 12.5 and VideoFileFrames(mp4, use_cache=False).fps == 25.0  # every other frame of 25 fps
     assert torch.equal(cached[3], expected[3]) and cached.cached
     assert torch.equal(cached.to_tensor(), expected)
     # Backward reads of the on-demand decoder (chunks ending at t) and random access.
@@ -364,6 +365,11 @@ def test_sampt_predict_streams_a_video_file_and_resumes(tmp_path, mp4, monkeypat
 
     streamed_mp4, memory_mp4 = decoded(tmp_path / "streamed/overlays/clip.mp4"), decoded(tmp_path / "memory/overlays/clip.mp4")
     assert streamed_mp4.shape[0] == 12 and np.array_equal(streamed_mp4, memory_mp4)
+    for run in ("streamed", "memory"):  # the overlay plays at the source video's rate
+        with av.open(str(tmp_path / run / "overlays/clip.mp4")) as container:
+            assert container.streams.video[0].average_rate == 25
+    with Image.open(tmp_path / "memory/overlays/clip.gif") as gif:
+        assert gif.info["duration"] == 40
     again = predict(tmp_path / "streamed", "0")
     assert "1 reused" in again.out + again.err
     elsewhere = predict(tmp_path / "elsewhere", "0")
