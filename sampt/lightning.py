@@ -76,9 +76,6 @@ def format_plan(plan: dict[str, Any]) -> str:
     parts.append(f"expected peak beyond the models ~{_mib(plan['expected_peak_bytes'])}")
     return "plan: " + "; ".join(parts)
 
-#: Frames per second of the overlay gif/mp4 of frames whose rate is not known (image folders).
-UNKNOWN_FPS_OVERLAY = 10.0
-
 #: What a rerun does with a video an earlier run finished with another configuration.
 STALE_RESULT_ACTIONS = ("recompute", "error")
 
@@ -280,7 +277,7 @@ class VosModule(VideoModule):
         shown = index_masks.numpy() if index_masks is not None else written
         if shown is None or not len(shown):
             return
-        from sampt.overlay import iter_overlay_video, overlay_strip, write_gif, write_mp4, write_png
+        from sampt.overlay import DEFAULT_FPS, iter_overlay_video, overlay_strip, write_gif, write_mp4, write_png
 
         # Overlays are drawn at the frame (output) size, where the masks and trajectories are:
         # the model's input frames are upscaled to it (frame by frame, when drawn).
@@ -295,7 +292,7 @@ class VosModule(VideoModule):
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"overlay/{video.name}", strip, self.global_step, dataformats="HWC")
         gif, mp4 = self.outputs.write_overlay_gif, self.outputs.write_overlay_mp4
-        fps = video.fps or UNKNOWN_FPS_OVERLAY  # a video file's overlay plays at its own speed
+        fps = video.fps or DEFAULT_FPS  # a video file's overlay plays at its own speed
         if gif and index_masks is None:
             say(f"sampt: {video.name}: no overlay gif (the video is streamed and a gif holds all its frames in "
                 f"memory){'; the mp4 is written frame by frame' if mp4 else ''}")

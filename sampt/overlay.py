@@ -29,6 +29,8 @@ from sampt.writers import atomic_open
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 _RIM_COLOUR = (255, 255, 255)
+#: Frames per second of an overlay gif/mp4 whose frames' own rate is not known (image folders).
+DEFAULT_FPS = 10.0
 # cv2 draws with sub-pixel precision when coordinates are given in 1/2**_SHIFT pixels.
 _SHIFT = 4
 
@@ -303,7 +305,7 @@ def write_png(path: Union[str, Path], image: ArrayLike) -> None:
         Image.fromarray(image, mode="RGB").save(handle, format="PNG")
 
 
-def write_gif(path: Union[str, Path], images: Sequence[ArrayLike], fps: float = 10.0,
+def write_gif(path: Union[str, Path], images: Sequence[ArrayLike], fps: float = DEFAULT_FPS,
               max_side: Optional[int] = None) -> None:
     """Write ``(H, W, 3) uint8`` RGB images as a looping animated GIF, atomically.
 
@@ -327,7 +329,7 @@ def write_gif(path: Union[str, Path], images: Sequence[ArrayLike], fps: float = 
                            duration=duration_ms, loop=0, disposal=1)
 
 
-def write_mp4(path: Union[str, Path], images: Iterable[ArrayLike], fps: float = 10.0) -> None:
+def write_mp4(path: Union[str, Path], images: Iterable[ArrayLike], fps: float = DEFAULT_FPS) -> None:
     """Write ``(H, W, 3) uint8`` RGB images as an H.264 (or MPEG-4 part 2) MP4, atomically.
 
     ``images`` may be a generator (:func:`iter_overlay_video`): each image is encoded as it
